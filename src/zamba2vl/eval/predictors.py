@@ -1,0 +1,87 @@
+"""What the runner asks a model for, and the predictors that answer.
+
+`Predictor` is the one method the runner needs. `AnswerPredictor` is the stand-in used by tests and by
+`--model answers:FILE.json` / `--model oracle`: it returns fixed answers by row index. `ModelPredictor`
+adapts the real model and depends on the end-to-end generation API (`zamba2vl.pipeline`), which is
+being written separately; it is imported lazily so that scoring never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from zamba2vl.errors import InputError
+
+
+@dataclass
+class EvalRequest:
+    index: Any  # the benchmark row this request is for
+    images: list  # PIL images, in the order the prompt refers to them
+    prompt: str
+    min_pixels: int
+    max_pixels: int
+    max_new_tokens: int
+    meta: dict = field(default_factory=dict)
+
+
+class Predictor(Protocol):
+    def generate(self, requests: list[EvalRequest]) -> list[str]:
+        """One answer per request, in order. Greedy decoding is expected for evaluation."""
+        ...
+
+
+class AnswerPredictor:
+    """Answers from a mapping (row index as a string -> answer) or a callable on the request."""
+
+    def __init__(self, answers: dict[str, str] | Callable[[EvalRequest], str], default: str = ""):
+        self.answers = answers
+        self.default = default
+        self.calls = 0  # requests answered, so tests can tell which rows were generated
+
+    def generate(self, requests: list[EvalRequest]) -> list[str]:
+        self.calls += len(requests)
+        if callable(self.answers):
+            return [self.answers(r) for r in requests]
+        return [self.answers.get(str(r.index), self.default) for r in requests]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "AnswerPredictor":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read stand-in answers from {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InputError(f"{path} must hold a JSON object mapping row index to answer.")
+        return cls({str(k): str(v) for k, v in data.items()})
+
+
+class ModelPredictor:
+    """The real model behind the Predictor protocol: batched greedy generation through ``zamba2vl.pipeline``.
+
+    Each request becomes one user turn (its images, then its prompt) rendered with the checkpoint's chat
+    template. Requests of one batch come from one benchmark, so they share its image budget and token limit.
+    """
+
+    def __init__(self, model: str, device: str = "cpu", dtype: str | None = None):
+        self.model, self.device, self.dtype = model, device, dtype
+        self._vlm = None
+
+    def generate(self, requests: list[EvalRequest]) -> list[str]:
+        if not requests:
+            return []
+        if self._vlm is None:
+            from zamba2vl.pipeline import load  # lazy: scoring must not need the model
+
+            self._vlm = load(self.model, device=self.device, dtype=self.dtype or "auto")
+        first = requests[0]
+        conversations = [
+            [{"role": "user", "content": [{"type": "image", "image": im} for im in r.images]
+              + [{"type": "text", "text": r.prompt}]}]
+            for r in requests
+        ]
+        result = self._vlm.generate(conversations, min_pixels=first.min_pixels, max_pixels=first.max_pixels,
+                                    max_new_tokens=first.max_new_tokens, do_sample=False)
+        return [t.strip() for t in result.texts]
