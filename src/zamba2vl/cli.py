@@ -1,25 +1,175 @@
-"""The `zamba2vl` command line: generate | chat | demo | bench | train | eval | serve."""
+"""The `zamba2vl` command line: generate | chat | demo | eval (bench, train and serve land with their issues)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+
+from zamba2vl.errors import Zamba2VLError
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face repo id (e.g. Zyphra/Zamba2-VL-1.2B)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
+                   help="weights and activations dtype (auto: bfloat16 on CPU)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature > 0)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--max-pixels", type=int, default=None, help="pixel budget per image (tokens = pixels / 784)")
+    p.add_argument("--min-pixels", type=int, default=None, help="minimum pixels per image")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--verbose", action="store_true", help="print time to first token and prefill/decode speed")
+
+
+def _gen_kwargs(args) -> dict:
+    sample = args.temperature > 0
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=sample, temperature=args.temperature if sample else 1.0,
+                top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def _load(args):
+    from zamba2vl.pipeline import load
+
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    dtype = None if args.dtype == "auto" and args.device != "cpu" else args.dtype
+    vlm = load(args.model, dtype=dtype, device=args.device)
+    n = sum(p.numel() for p in vlm.model.parameters())
+    print(f"loaded {n / 1e6:.1f}M parameters ({vlm.model.dtype}) in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    return vlm
+
+
+def _print_timings(result) -> None:
+    t = result.timings
+    print(f"\n[time to first token {t.time_to_first_token_s * 1000:.0f} ms | prefill {t.prefill_tokens} tokens at "
+          f"{t.prefill_tok_s:.1f} tok/s | decode {t.decode_tokens} tokens at {t.decode_tok_s:.1f} tok/s | "
+          f"total {t.total_s:.2f}s]", file=sys.stderr)
+
+
+def _cmd_generate(args) -> int:
+    vlm = _load(args)
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    content = [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": args.prompt}]
+    messages.append({"role": "user", "content": content})
+    gen = _gen_kwargs(args)
+    out = vlm.generate(messages, stream=True, max_pixels=args.max_pixels, min_pixels=args.min_pixels, **gen)
+    for delta in out:
+        print(delta, end="", flush=True)
+    print()
+    result = out.result
+    if args.verbose:
+        _print_timings(result)
+    if args.draw_boxes:
+        _draw(vlm, args, result)
+    return 0
+
+
+def _draw(vlm, args, result) -> None:
+    from zamba2vl.grounding import draw_boxes, parse_boxes, to_original
+    from zamba2vl.processing.image import load_image
+
+    if not args.image:
+        print("--draw-boxes needs an --image", file=sys.stderr)
+        return
+    inputs = vlm.prepare([{"role": "user", "content": [{"type": "image", "image": args.image[0]}, {"type": "text", "text": "."}]}],
+                         max_pixels=args.max_pixels, min_pixels=args.min_pixels)
+    boxes = to_original(parse_boxes(result.text), inputs.resized_sizes[0], inputs.image_sizes[0])
+    draw_boxes(load_image(args.image[0]), boxes, args.draw_boxes)
+    print(f"drew {len(boxes)} box(es) on {args.draw_boxes}", file=sys.stderr)
+
+
+def _cmd_chat(args) -> int:
+    vlm = _load(args)
+    session = vlm.session(system=args.system, **_gen_kwargs(args))
+    pending: list[str] = list(args.image or [])
+    print("Type a message. Commands: /image PATH (attach an image to the next message), /reset, /quit.", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            session = vlm.session(system=args.system, **_gen_kwargs(args))
+            pending = []
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                from zamba2vl.processing.image import read_image_size
+
+                read_image_size(path)
+            except Zamba2VLError as e:
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            pending.append(path)
+            print(f"(attached {path}; it goes with your next message)", file=sys.stderr)
+            continue
+        try:
+            answer = session.send(line, images=pending)
+        except Zamba2VLError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        pending = []
+        print(f"assistant> {answer}")
+        if args.verbose:
+            print(f"(prefilled {session.last_prefill_tokens} new tokens)", file=sys.stderr)
+            _print_timings(session.last_result)
+
+
+def _cmd_demo(args) -> int:
     from zamba2vl.demo import run_demo
 
     return run_demo(args)
 
 
+def _cmd_eval(args) -> int:
+    from zamba2vl.eval.cli import run_eval_from_args
+
+    return int(run_eval_from_args(args) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zamba2vl",
-        description="Run, benchmark, evaluate and train Zyphra's Zamba2-VL models in pure PyTorch.",
+        description="Run, evaluate and (soon) serve and train Zyphra's Zamba2-VL models in pure PyTorch.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="answer questions about the bundled example images with the shipped model")
-    demo.set_defaults(func=_cmd_demo)
+
+    g = sub.add_parser("generate", help="answer one prompt about zero or more images",
+                       description="Answer one prompt about zero or more images, streaming the answer to stdout.")
+    _add_model_args(g)
+    g.add_argument("--image", action="append", default=[], help="image file, repeat for several images")
+    g.add_argument("--prompt", required=True, help="the question or instruction")
+    g.add_argument("--draw-boxes", metavar="OUT.png", default=None,
+                   help="parse boxes in the answer and draw them on the first image")
+    g.set_defaults(func=_cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive multi-turn chat (the model state is kept between turns)")
+    _add_model_args(c)
+    c.add_argument("--image", action="append", default=[], help="image(s) attached to the first message")
+    c.set_defaults(func=_cmd_chat)
+
+    d = sub.add_parser("demo", help="answer questions about the bundled example images with the shipped model")
+    d.set_defaults(func=_cmd_demo)
+
+    from zamba2vl.eval.cli import add_eval_arguments
+
+    e = sub.add_parser("eval", help="score a model on the Zamba2-VL report's benchmarks (or the synthetic one)")
+    add_eval_arguments(e)
+    e.set_defaults(func=_cmd_eval)
     return parser
 
 
@@ -29,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Zamba2VLError as e:
+        print(f"zamba2vl: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
