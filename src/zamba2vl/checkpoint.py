@@ -1,7 +1,7 @@
 """Reading and writing Hub-format checkpoints (config.json + safetensors, single file or sharded).
 
-Weights are read through ``safetensors.safe_open`` one tensor at a time, so a model built on the meta device
-can be filled with peak memory close to the size of the weights. Pickle files are never unpickled: a ``.bin``
+Weights are read one tensor at a time straight into their own buffers, so a model built on the meta device can
+be filled with peak memory close to the size of the weights. Pickle files are never unpickled: a ``.bin``
 checkpoint is read only if ``torch.load(weights_only=True)`` accepts it.
 """
 
@@ -77,45 +77,89 @@ def weight_files(model_dir: str | os.PathLike) -> list[Path]:
     raise CheckpointError(f"no weights in {d}: expected {SAFE_SINGLE} or {SAFE_INDEX} with its shards.")
 
 
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class SafetensorsFile:
+    """Reads tensors from a .safetensors file with plain reads into fresh tensors (no mmap).
+
+    Memory-mapping would keep every page it touched resident next to the copy we make of it, doubling peak RSS
+    during a load; reading each tensor straight into its own buffer keeps the peak near the model's size.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if not 0 < n < 100 * 1024**2:
+                    raise ValueError(f"header length {n} is implausible")
+                header = json.loads(f.read(n))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}).") from e
+        header.pop("__metadata__", None)
+        self.base = 8 + n
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, info in header.items():
+            dtype = _ST_DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {info.get('dtype')!r}.")
+            start, end = info["data_offsets"]
+            self.entries[key] = (dtype, tuple(info["shape"]), start, end)
+
+    def keys(self):
+        return self.entries.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.entries[key][1]
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        dtype, shape, start, end = self.entries[key]
+        out = torch.empty(shape, dtype=dtype)
+        nbytes = out.numel() * out.element_size()
+        if nbytes != end - start:
+            raise CheckpointError(f"{self.path}: tensor {key} has {end - start} bytes for shape {shape} and {dtype}.")
+        if nbytes:
+            buf = memoryview(out.view(-1).view(torch.uint8).numpy())
+            with open(self.path, "rb") as f:
+                f.seek(self.base + start)
+                if f.readinto(buf) != nbytes:
+                    raise CheckpointError(f"{self.path} is truncated: tensor {key} is incomplete. Download it again.")
+        return out
+
+
 class TensorReader(Mapping[str, torch.Tensor]):
     """Read-only mapping key -> tensor over all weight files; each tensor is read when asked for."""
 
     def __init__(self, files: list[Path]):
         self._where: dict[str, Path] = {}
         self._bins: dict[Path, dict[str, torch.Tensor]] = {}
-        self._handles: dict[Path, object] = {}
+        self._safe: dict[Path, SafetensorsFile] = {}
         for f in files:
             if f.suffix == ".safetensors":
-                for k in self._open(f).keys():
-                    self._where[k] = f
+                self._safe[f] = SafetensorsFile(f)
+                keys = self._safe[f].keys()
             else:
                 self._bins[f] = _load_bin(f)
-                for k in self._bins[f]:
-                    self._where[k] = f
-
-    def _open(self, f: Path):
-        h = self._handles.get(f)
-        if h is None:
-            from safetensors import safe_open
-
-            try:
-                h = safe_open(os.fspath(f), framework="pt", device="cpu")
-            except Exception as e:
-                raise CheckpointError(f"{f} is not a readable safetensors file ({e}).") from e
-            self._handles[f] = h
-        return h
+                keys = self._bins[f].keys()
+            for k in keys:
+                self._where[k] = f
 
     def __getitem__(self, key: str) -> torch.Tensor:
         f = self._where[key]
         if f in self._bins:
             return self._bins[f][key]
-        return self._open(f).get_tensor(key)
+        return self._safe[f].get_tensor(key)
 
     def shape(self, key: str) -> tuple[int, ...]:
         f = self._where[key]
         if f in self._bins:
             return tuple(self._bins[f][key].shape)
-        return tuple(self._open(f).get_slice(key).get_shape())
+        return self._safe[f].shape(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)

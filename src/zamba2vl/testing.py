@@ -50,21 +50,28 @@ def random_init_(model: torch.nn.Module, seed: int = 0, embed_std: float = 1.0) 
             elif "norm" in name and p.dim() == 1 or name.endswith(".D"):
                 p.fill_(1.0)
             elif "embed_tokens" in name:
-                p.copy_(embed_std * torch.randn(p.shape, generator=g))
+                p.copy_(embed_std * torch.randn(p.shape, generator=g, dtype=p.dtype))
             elif p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / p[0].numel() ** 0.5)
             else:
                 p.zero_()
 
 
 def make_tiny_checkpoint(folder: str | os.PathLike, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                         config: Zamba2VLConfig | None = None, max_pixels: int = 28 * 28 * 64) -> Path:
-    """Write a complete random Zamba2-VL checkpoint folder (config, weights, tokenizer, processor, template)."""
+                         config: Zamba2VLConfig | None = None, max_pixels: int = 28 * 28 * 64,
+                         max_shard_bytes: int = 4 * 1024**3) -> Path:
+    """Write a complete random Zamba2-VL checkpoint folder (config, weights, tokenizer, processor, template).
+
+    The model is built on the meta device and materialised directly in ``dtype``, so a full-size checkpoint
+    needs only its own size in memory.
+    """
     folder = Path(folder)
     config = config or tiny_vl_config()
-    model = Zamba2VL(config)
-    random_init_(model, seed)
-    model.to(dtype).save_pretrained(folder)
+    with torch.device("meta"):
+        model = Zamba2VL(config)
+    model = model.to_empty(device="cpu").to(dtype)
+    random_init_(model, seed, embed_std=1.0 if config.text_config.hidden_size <= 256 else 0.02)
+    model.save_pretrained(folder, max_shard_bytes=max_shard_bytes)
     tok = Tokenizer.from_sentencepiece(mistral_sentencepiece_path(), added_tokens=[IMAGE_TOKEN])
     from zamba2vl.processing.chat import DEFAULT_CHAT_TEMPLATE
 

@@ -234,3 +234,12 @@ def test_folder_without_config_or_weights_gives_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ConfigError, match="'llama'"):
         Zamba2LM.from_pretrained(tmp_path)
+
+
+def test_truncated_safetensors_file_is_named(tmp_path):
+    model = tiny_lm("like_1.2b")
+    _write(tmp_path / "m", tiny_text_dict("like_1.2b"), text_hub_state(model))
+    f = tmp_path / "m" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        Zamba2LM.from_pretrained(tmp_path / "m")
