@@ -31,7 +31,7 @@ def test_full_size_1p2b_loads_within_1p5x_its_files_and_answers_through_the_cli(
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     proc = subprocess.run(
         [sys.executable, "-c", RUN, "generate", "--model", str(folder), "--image", str(tmp_path / "x.png"),
-         "--prompt", "What is in the picture?", "--max-new-tokens", "3", "--max-pixels", str(28 * 28 * 16), "--verbose"],
+         "--prompt", "What is in the picture?", "--max-new-tokens", "3", "--dtype", "bfloat16", "--max-pixels", str(28 * 28 * 16), "--verbose"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

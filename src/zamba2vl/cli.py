@@ -1,4 +1,4 @@
-"""The `zamba2vl` command line: generate | chat | demo | eval (bench, train and serve land with their issues)."""
+"""The `zamba2vl` command line: generate | chat | demo | eval | train | build (bench and serve land with their issues)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from zamba2vl.errors import Zamba2VLError
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face repo id (e.g. Zyphra/Zamba2-VL-1.2B)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
-                   help="weights and activations dtype (auto: bfloat16 on CPU)")
+                   help="weights and activations dtype (auto: bfloat16 where the CPU has native bf16 matmuls, "
+                        "else float32 if it fits in memory; the checkpoint's dtype on GPU)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
@@ -37,8 +38,7 @@ def _load(args):
 
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    dtype = None if args.dtype == "auto" and args.device != "cpu" else args.dtype
-    vlm = load(args.model, dtype=dtype, device=args.device)
+    vlm = load(args.model, dtype=args.dtype, device=args.device)
     n = sum(p.numel() for p in vlm.model.parameters())
     print(f"loaded {n / 1e6:.1f}M parameters ({vlm.model.dtype}) in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return vlm
@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score a model on the Zamba2-VL report's benchmarks (or the synthetic one)")
     add_eval_arguments(e)
     e.set_defaults(func=_cmd_eval)
+    from zamba2vl.train.cli import add_build_arguments, add_train_arguments, run_build_from_args, run_train_from_args
+
+    t = sub.add_parser("train", help="train a stage (align, pretrain, sft) from a YAML config; torchrun-ready",
+                       description="Train a Zamba2-VL stage from a YAML config (see configs/train/).")
+    add_train_arguments(t)
+    t.set_defaults(func=run_train_from_args)
+    b = sub.add_parser("build", help="join a Zamba2 text checkpoint and a Qwen2.5-VL vision tower into a Zamba2-VL")
+    add_build_arguments(b)
+    b.set_defaults(func=run_build_from_args)
     return parser
 
 

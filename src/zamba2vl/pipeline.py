@@ -162,15 +162,57 @@ class ChatSession:
         return result.text
 
 
+def _mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def auto_dtype(folder, device: str) -> torch.dtype | None:
+    """The dtype ``load(dtype="auto")`` runs in.
+
+    Off the CPU: the checkpoint's own. On a CPU with native bf16 matmuls (AVX512-BF16 / AMX): bfloat16. On other
+    CPUs bf16 matmuls are emulated and several times slower than fp32, so float32 is used when the fp32 weights
+    fit in half of the available memory, bfloat16 otherwise (slower, but it fits).
+    """
+    if device != "cpu":
+        return None
+    from zamba2vl.checkpoint import open_weights
+    from zamba2vl.vision.linear import _cpu_has_native
+
+    if _cpu_has_native(torch.bfloat16):
+        return torch.bfloat16
+    reader = open_weights(folder)
+    n_params = 0
+    for k in reader:
+        n = 1
+        for d in reader.shape(k):
+            n *= d
+        n_params += n
+    avail = _mem_available_bytes()
+    return torch.float32 if avail is None or 4 * n_params < avail // 2 else torch.bfloat16
+
+
 def load(path: str | os.PathLike, *, dtype: torch.dtype | str | None = "auto", device: str = "cpu",
          max_length: int | None = None, **overrides: Any) -> VLM:
-    """Load model, processor and generation config from a checkpoint folder or Hub id."""
+    """Load model, processor and generation config from a checkpoint folder or Hub id.
+
+    ``dtype="auto"`` picks what runs fastest on this machine within its memory (see ``auto_dtype``).
+    """
     from zamba2vl.checkpoint import resolve_model_dir
 
     t0 = time.perf_counter()
     folder = resolve_model_dir(path)
+    from zamba2vl.config import Zamba2VLConfig, load_config_json
+
+    Zamba2VLConfig.from_dict(load_config_json(folder))  # a bad config.json is reported before anything else
     if dtype == "auto":
-        dtype = torch.bfloat16 if device == "cpu" else None
+        dtype = auto_dtype(folder, device)
     model = Zamba2VL.from_pretrained(folder, dtype=dtype, device=device, **overrides)
     processor = Processor.from_pretrained(folder)
     limit = max_length or model.config.text_config.max_position_embeddings

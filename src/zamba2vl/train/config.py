@@ -1,0 +1,300 @@
+"""The stage YAML of `zamba2vl train`: one dataclass per section, unknown keys refused by their full path.
+
+    stage: sft                      # align | pretrain | sft (decides which parts train, see STAGE_TRAINS)
+    seed: 0
+    output_dir: runs/sft
+    model: {path: ckpt/}            # or {text: ..., vision: ...} (build from parts) or {config: {...}} (random)
+    tokenizer: {path: ckpt/}        # or {sentencepiece: FILE or pkg://package/file, added_tokens: [<image>]}
+    freeze: {vision_tower: true}    # overrides the stage's default for that part
+    data: {sources: [{type: jsonl, path: a.jsonl, weight: 3}, {type: synthetic, weight: 1}], max_length: 512}
+    optim: {lr: 1e-4, warmup_steps: 100, max_steps: 2000, clip_grad_norm: 1.0}
+    batch: {global_batch_size: 32, micro_batch_size: 8}
+    precision: {autocast: auto, gradient_checkpointing: false}
+    checkpoint: {every: 200, keep: 2}
+    eval: {every: 200, n_per_task: 4}
+
+`configs/train/*.yaml` hold commented examples. Every field and its default is below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from zamba2vl.errors import ConfigError
+
+PARTS = ("vision_tower", "merger", "language_model")
+# What each stage trains by default. align: only the adapter learns to map the frozen tower into the frozen LM;
+# pretrain: everything; sft: the tower stays as pre-trained, adapter and LM follow the instructions.
+STAGE_TRAINS = {
+    "align": ("merger",),
+    "pretrain": ("vision_tower", "merger", "language_model"),
+    "sft": ("merger", "language_model"),
+}
+
+
+@dataclass
+class ModelSection:
+    path: str | None = None  # a Zamba2-VL checkpoint folder (Hub layout)
+    text: str | None = None  # build from parts: a Zamba2 text checkpoint folder ...
+    vision: str | None = None  # ... and a Qwen2.5-VL checkpoint folder (its visual.* tensors)
+    config: dict[str, Any] | None = None  # a Zamba2VLConfig dict: random initialisation
+    image_token_index: int = 32000  # build from parts
+    vocab_size: int | None = None  # build from parts: None keeps the text vocab, grown to hold the image token
+    init_seed: int = 0  # random initialisation and the fresh merger output layer
+
+    def kind(self) -> str:
+        given = [k for k in ("path", "config") if getattr(self, k) is not None]
+        if self.text is not None or self.vision is not None:
+            if self.text is None or self.vision is None:
+                raise ConfigError("model: building from parts needs both model.text and model.vision")
+            given.append("parts")
+        if len(given) != 1:
+            raise ConfigError("model: give exactly one of model.path (a Zamba2-VL checkpoint), model.text + "
+                              f"model.vision (build from parts) or model.config (random init); got {given or 'none'}")
+        return given[0]
+
+
+@dataclass
+class TokenizerSection:
+    path: str | None = None  # folder with tokenizer.json / tokenizer.model (default: the model folder)
+    sentencepiece: str | None = None  # a SentencePiece .model file, or pkg://package/relative/path
+    added_tokens: list[str] = field(default_factory=lambda: ["<image>"])  # with sentencepiece only
+
+
+@dataclass
+class FreezeSection:
+    vision_tower: bool | None = None  # None: the stage's default
+    merger: bool | None = None
+    language_model: bool | None = None
+
+
+@dataclass
+class SourceSection:
+    type: str = "jsonl"  # jsonl | synthetic
+    name: str | None = None  # for logs and reports (default: file name or "synthetic")
+    weight: float = 1.0  # relative share of the mixture
+    path: str | None = None  # jsonl: the file
+    image_root: str | None = None  # jsonl: where relative image paths start (default: the file's folder)
+    tasks: list[str] | None = None  # synthetic: default all of zamba2vl.train.synthetic.TASKS
+    task_weights: list[float] | None = None
+    seed: int = 0  # synthetic: the example stream (keep it different from eval.seed)
+    image_size: int = 224
+
+
+@dataclass
+class DataSection:
+    sources: list[SourceSection] = field(default_factory=list)
+    max_length: int = 2048  # tokens per sample, image tokens included; longer samples are bad records
+    max_image_tokens: int = 1280  # image tokens per sample
+    min_pixels: int | None = None  # image processor budget per image (None: the processor's)
+    max_pixels: int | None = None
+    on_bad_record: str = "skip"  # skip (counted and reported) | stop (raise at the first one)
+    validate_images: bool = True  # read every image header when indexing (missing files, token budget)
+    progress: bool = True
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    weight_decay: float = 0.0  # on matrices only (not norms, biases, SSM scalars)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    clip_grad_norm: float | None = 1.0
+    lr_scale: dict[str, float] = field(default_factory=dict)  # per part, e.g. {vision_tower: 0.1}
+
+
+@dataclass
+class BatchSection:
+    global_batch_size: int = 8  # samples per optimizer step over all processes
+    micro_batch_size: int = 8  # samples per forward per process; accumulation makes up the rest
+
+
+@dataclass
+class PrecisionSection:
+    autocast: str = "auto"  # bf16 | none | auto (bf16 on GPUs and CPUs with native bf16 matmul)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 500  # steps; 0 = only at the end
+    keep: int = 2  # newest checkpoints kept
+
+
+@dataclass
+class LogSection:
+    every: int = 1  # steps between loss-log lines
+    plot_every: int = 100  # steps between loss-curve redraws (and at every checkpoint and at the end)
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # steps; 0 = off
+    n_per_task: int = 4
+    tasks: list[str] | None = None  # default: all synthetic tasks
+    seed: int = 1_000_003  # held out: different from every training source's seed
+    image_size: int = 224
+    max_new_tokens: int = 32
+    at_end: bool = True
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sft"
+    seed: int = 0
+    output_dir: str = "runs/train"
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
+    threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    freeze: FreezeSection = field(default_factory=FreezeSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    batch: BatchSection = field(default_factory=BatchSection)
+    precision: PrecisionSection = field(default_factory=PrecisionSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_TRAINS:
+            raise ConfigError(f"stage: {self.stage!r} is not a stage; use one of {sorted(STAGE_TRAINS)}")
+        self.model.kind()
+        if self.data.on_bad_record not in ("skip", "stop"):
+            raise ConfigError(f"data.on_bad_record: {self.data.on_bad_record!r}; use skip or stop")
+        if not self.data.sources:
+            raise ConfigError("data.sources: give at least one source (type jsonl with a path, or type synthetic)")
+        for i, s in enumerate(self.data.sources):
+            if s.type not in ("jsonl", "synthetic"):
+                raise ConfigError(f"data.sources[{i}].type: {s.type!r}; use jsonl or synthetic")
+            if s.type == "jsonl" and not s.path:
+                raise ConfigError(f"data.sources[{i}]: a jsonl source needs a path")
+            if not s.weight > 0:
+                raise ConfigError(f"data.sources[{i}].weight must be > 0, got {s.weight}")
+            if s.type == "synthetic" and s.seed == self.eval.seed and self.eval.every:
+                raise ConfigError(f"data.sources[{i}].seed equals eval.seed ({s.seed}): the held-out examples "
+                                  "would be training examples; pick another seed")
+        if self.precision.autocast not in ("bf16", "none", "auto"):
+            raise ConfigError(f"precision.autocast: {self.precision.autocast!r}; use bf16, none or auto")
+        bad = set(self.optim.lr_scale) - set(PARTS)
+        if bad:
+            raise ConfigError(f"optim.lr_scale: unknown part(s) {sorted(bad)}; parts are {list(PARTS)}")
+        b = self.batch
+        if b.global_batch_size < 1 or b.micro_batch_size < 1:
+            raise ConfigError("batch sizes must be >= 1")
+        if self.optim.max_steps < 1:
+            raise ConfigError("optim.max_steps must be >= 1")
+
+    # ------------------------------------------------------------------------------------------ derived
+    def trains(self, part: str) -> bool:
+        """Whether ``part`` (vision_tower | merger | language_model) is trained in this run."""
+        frozen = getattr(self.freeze, part)
+        return (part in STAGE_TRAINS[self.stage]) if frozen is None else not frozen
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches per process per step; the global batch must split evenly."""
+        per_rank, rem = divmod(self.batch.global_batch_size, world)
+        if rem:
+            raise ConfigError(f"batch.global_batch_size={self.batch.global_batch_size} does not split over {world} "
+                              "processes; make it a multiple of the number of processes")
+        micro = min(self.batch.micro_batch_size, per_rank)
+        if per_rank % micro:
+            raise ConfigError(f"{per_rank} samples per process per step is not a multiple of "
+                              f"batch.micro_batch_size={micro}")
+        return per_rank // micro
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _build(cls, data: Any, where: str):
+    """A dataclass from a dict, recursively; unknown keys and wrong kinds are ConfigErrors naming the path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown key; known keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _convert(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None:
+        return None
+    if origin in (list, dict):
+        if not isinstance(value, origin):
+            raise ConfigError(f"{where}: expected a {origin.__name__}, got {value!r}")
+        return value
+    kinds = {a for a in (args or (hint,)) if a is not type(None)}
+    if any(get_origin(k) in (list, dict) for k in kinds):  # e.g. list[str] | None
+        return value
+    if float in kinds and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # "lr: 1e-3" is a string in YAML 1.1
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    for kind in (bool, int, str):
+        if kinds == {kind} and (not isinstance(value, kind) or kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a section")
+    d[keys[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, raw, "")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a stage YAML and apply ``--set a.b=value`` overrides (each value parsed as YAML).
+
+    Relative paths (model, tokenizer, data, output_dir) are relative to the working directory, as on the
+    command line.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read the train config {p}: {e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from e
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: write it as section.key=value")
+        key, text = item.split("=", 1)
+        _set_path(raw, key.strip(), yaml.safe_load(text))
+    return config_from_dict(raw)

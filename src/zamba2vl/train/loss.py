@@ -1,0 +1,57 @@
+"""The training objective: summed next-token cross-entropy over the labelled (assistant) tokens.
+
+``CausalLMLoss`` wraps a Zamba2VL so that DistributedDataParallel can wrap the whole computation. It runs the
+backbone once and projects only the positions that carry a label onto the vocabulary: a sample has a few
+answer tokens against dozens of image and prompt tokens, and the vocabulary (32k) is the widest matrix.
+The sum (not the mean) is returned with the token count, so the trainer can normalise by the number of
+labelled tokens of the whole global batch, which makes the loss independent of how the batch is split into
+micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zamba2vl.model import Zamba2VL
+from zamba2vl.train.encode import IGNORE
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, token count) of full logits [b, L, V] against labels [b, L] (position i predicts label
+    i+1; IGNORE labels count for nothing). The plain form of what ``CausalLMLoss`` computes."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    loss = F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
+    return loss, keep.sum()
+
+
+class CausalLMLoss(nn.Module):
+    def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded input_ids and labels [b, L] (+ the batch's images) -> (summed loss, token count)."""
+        vl = self.model
+        lm = vl.language_model
+        b, L = input_ids.shape
+        with self.autocast():
+            embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw)  # [b, L, h]
+            positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
+            hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
+            targets = labels[:, 1:]
+            keep = targets != IGNORE
+            logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss, keep.sum()

@@ -1,0 +1,330 @@
+"""The training loop of the three stages (align, pretrain, sft), in one process or under torchrun.
+
+One optimizer step consumes ``batch.global_batch_size`` samples. Each process takes its contiguous shard of
+them (``mixture.Mixture``) and runs it as micro-batches with gradient accumulation; DistributedDataParallel
+averages the gradients. The loss of a step is the sum of the token losses of the whole global batch divided
+by its number of labelled tokens (summed across processes before the backward), so one process and N
+processes compute the same quantity. Then: clipping, AdamW, the warmup + cosine schedule.
+
+Files under ``output_dir``: ``config.yaml`` (the run's settings), ``loss.jsonl`` (one line per step),
+``eval.jsonl``, ``loss.png``, ``skipped.jsonl`` (every bad record and why), ``checkpoints/step-*``.
+Resuming restores the model, optimizer, schedule, sampler position and RNG states of a checkpoint, and
+cuts the logs back to its step, so the resumed run writes what the uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from zamba2vl.errors import ConfigError
+from zamba2vl.train import distributed
+from zamba2vl.train.build import load_model, load_processor, token_facts
+from zamba2vl.train.checkpoints import (
+    CheckpointWriter, latest_checkpoint, load_model_weights, load_trainer_state, set_rng_state,
+)
+from zamba2vl.train.config import PARTS, TrainConfig
+from zamba2vl.train.encode import ConversationEncoder, collate
+from zamba2vl.train.evaluate import evaluate, held_out_examples
+from zamba2vl.train.loss import CausalLMLoss
+from zamba2vl.train.mixture import Mixture
+from zamba2vl.train.optim import apply_freeze, make_optimizer, make_scheduler
+from zamba2vl.train.plot import plot_run, read_jsonl
+from zamba2vl.train.sources import JsonlSource, SkipLog, SyntheticSource
+
+# Test hook: the process SIGKILLs itself right after this step (logged and, if due, checkpointed).
+KILL_ENV = "ZAMBA2VL_TRAIN_KILL_AFTER_STEP"
+
+
+def resolve_autocast(setting: str, device: torch.device) -> torch.dtype | None:
+    if setting == "none":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:  # a CPU with AVX512-BF16 / AMX; elsewhere bf16 matmuls are slower than fp32
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):  # pragma: no cover
+        return None
+
+
+def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
+    d = config.data
+    sources = []
+    for s in d.sources:
+        if s.type == "jsonl":
+            sources.append(JsonlSource(s.path, name=s.name, image_root=s.image_root,
+                                       image_processor=processor.image_processor, max_image_tokens=d.max_image_tokens,
+                                       min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                                       validate_images=d.validate_images, skips=skips, progress=d.progress))
+        else:
+            sources.append(SyntheticSource(name=s.name, tasks=s.tasks, task_weights=s.task_weights, seed=s.seed,
+                                           image_size=s.image_size))
+    encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+    return Mixture(sources, [s.weight for s in d.sources], encoder, seed=config.seed, skips=skips,
+                   max_image_tokens=d.max_image_tokens)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _keep_lines(path: Path, keep) -> list[dict]:
+    """Rewrite a JSONL log keeping the rows ``keep(row)`` accepts (unreadable rows, cut by a kill, dropped)."""
+    rows = [r for r in read_jsonl(path) if keep(r)]
+    if path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, path)
+    return rows
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, resume: str | bool | None = None, progress: bool = True):
+        self.config = c = config
+        self.dist = distributed.setup(c.device)
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        _seed_all(c.seed + self.dist.rank)
+        self.out = Path(c.output_dir)
+        self.progress = progress
+        self.accumulation = c.accumulation(self.dist.world)  # checks that the batch splits
+        self.micro = c.batch.global_batch_size // self.dist.world // self.accumulation
+
+        # Cheap checks first: the tokenizer and every data file, before a (possibly large) model is loaded.
+        image_token_index, vocab_size = token_facts(c.model)
+        self.processor = load_processor(c.model, c.tokenizer, image_token_index, vocab_size)
+        self.skips = SkipLog(stop=c.data.on_bad_record == "stop")
+        self.mixture = build_mixture(c, self.processor, self.skips)
+        self.index_skips = self.skips.count  # the same on every process: each indexes every file
+        self.lazy_skips = 0  # skipped while training, summed over processes
+        self._reported = self.skips.count
+
+        self.model = load_model(c.model).to(self.dist.device)
+        assert (self.model.config.image_token_index, self.model.config.text_config.vocab_size) == \
+            (image_token_index, vocab_size), "token_facts disagrees with the loaded model"
+        self.trainable = apply_freeze(self.model, c)
+        self.model.language_model.model.gradient_checkpointing = c.precision.gradient_checkpointing
+        self.model.train()
+        self.autocast_dtype = resolve_autocast(c.precision.autocast, self.dist.device)
+        self.loss_model = CausalLMLoss(self.model, self.autocast_dtype)
+        self.wrapped: torch.nn.Module = self.loss_model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            # Unused parameters happen (a text-only micro-batch leaves the vision tower out).
+            self.wrapped = DistributedDataParallel(self.loss_model, device_ids=ids, find_unused_parameters=True,
+                                                   broadcast_buffers=False)  # buffers are constants
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.model, c.optim)
+        self.scheduler = make_scheduler(self.optimizer, c.optim)
+
+        self.step = 0
+        self.writer = CheckpointWriter(self.out / "checkpoints", keep=c.checkpoint.keep)
+        self.eval_examples = held_out_examples(c.eval) if (c.eval.every or c.eval.at_end) and self.dist.is_main else []
+        self.last_eval: dict[str, float] | None = None
+
+        resume_from = self._resume_path(resume)
+        if resume_from is not None:
+            self._load(resume_from)
+        if self.dist.is_main:
+            self._start_files()
+        distributed.barrier(self.dist)  # the output folder exists before any process writes to it
+
+    # ------------------------------------------------------------------------------------------ resume
+    def _resume_path(self, resume: str | bool | None) -> Path | None:
+        if not resume:
+            return None
+        if resume is True or resume == "auto":
+            found = latest_checkpoint(self.out / "checkpoints")
+            if found is None and self.dist.is_main:
+                print(f"zamba2vl train: no checkpoint under {self.out / 'checkpoints'}; starting from step 0",
+                      file=sys.stderr)
+            return found
+        path = Path(resume)
+        if not path.is_dir():
+            raise ConfigError(f"--resume {resume}: no such checkpoint folder")
+        return path
+
+    def _load(self, folder: Path) -> None:
+        state, rng = load_trainer_state(folder, self.dist.rank)
+        load_model_weights(self.model, folder)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:  # another set of trained parameters
+            raise ConfigError(f"{folder}: the checkpoint's optimizer state does not fit this run's trainable "
+                              f"parameters ({e}); were stage or freeze changed? Start a new run (without "
+                              "--resume) from the checkpoint with model.path instead") from e
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.mixture.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        self.lazy_skips = int(state["lazy_skips"])
+        set_rng_state(rng)
+        if self.dist.is_main:
+            print(f"zamba2vl train: resumed from {folder} at step {self.step}", file=sys.stderr)
+
+    def _start_files(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        step = self.step
+        _keep_lines(self.out / "loss.jsonl", lambda r: r.get("step", 0) <= step)
+        _keep_lines(self.out / "eval.jsonl", lambda r: r.get("step", 0) <= step)
+        lazy = [r for r in read_jsonl(self.out / "skipped.jsonl") if r.get("step") is not None and r["step"] <= step]
+        index = [{"step": None, "where": w, "reason": r} for w, r in self.skips.records]
+        (self.out / "skipped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index + lazy), encoding="utf-8")
+
+    # ------------------------------------------------------------------------------------------ one step
+    def _train_step(self) -> dict[str, float]:
+        d = self.dist
+        t0 = time.perf_counter()
+        skips_before = self.skips.count
+        micro_batches = self.mixture.next_step(self.config.batch.global_batch_size, d.rank, d.world, self.micro)
+        pad = self.processor.tokenizer.pad_token_id or 0
+        batches = [collate(mb, pad) for mb in micro_batches]
+        local = torch.tensor([float(sum(b.num_loss_tokens for b in batches)), float(self.skips.count - skips_before)],
+                             dtype=torch.float64)
+        tokens, new_skips = distributed.all_sum(local, d).tolist()
+        self._report_skips()
+        scale = d.world / max(tokens, 1.0)  # DDP divides by world: the step's gradient is d(sum)/d(w) / tokens
+        loss_sum = torch.zeros((), dtype=torch.float32, device=d.device)
+        for i, b in enumerate(batches):
+            b = b.to(d.device)
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or d.world == 1 else self.wrapped.no_sync()
+            with sync:
+                loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw)
+                (loss * scale).backward()
+            loss_sum += loss.detach()
+        clip = self.config.optim.clip_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
+        lr = self.config.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # before lr_scale
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = distributed.all_sum(loss_sum.double()[None], d).item()
+        self.lazy_skips += int(new_skips)
+        self.step += 1
+        return {"step": self.step, "loss": total / max(tokens, 1.0), "lr": lr, "grad_norm": float(grad_norm),
+                "tokens": int(tokens), "skipped": self.index_skips + self.lazy_skips,
+                "step_s": round(time.perf_counter() - t0, 4)}
+
+    def _report_skips(self) -> None:
+        new = self.skips.records[self._reported :]
+        self._reported = self.skips.count
+        if new:
+            with open(self.out / "skipped.jsonl", "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps({"step": self.step + 1, "where": w, "reason": r}) + "\n" for w, r in new))
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        c, d = self.config, self.dist
+        from tqdm import tqdm
+
+        kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+        if d.is_main:
+            parts = ", ".join(f"{p} {self.trainable[p] / 1e6:.2f}M" for p in PARTS if self.trainable[p])
+            frozen = [p for p in PARTS if not self.trainable[p]]
+            print(f"zamba2vl train: stage {c.stage}; training {parts}; frozen: {', '.join(frozen) or 'nothing'}; "
+                  f"{d.world} process(es) x {self.accumulation} micro-batch(es) of {self.micro}; autocast "
+                  f"{self.autocast_dtype or 'off'}; {self.index_skips} bad record(s) skipped while indexing",
+                  file=sys.stderr, flush=True)
+        bar = tqdm(total=c.optim.max_steps, initial=self.step, desc=f"train {c.stage}", unit="step",
+                   disable=not (self.progress and d.is_main) or None)
+        log = open(self.out / "loss.jsonl", "a", encoding="utf-8") if d.is_main else None
+        last: dict[str, Any] = {}
+        try:
+            while self.step < c.optim.max_steps:
+                last = self._train_step()
+                if not math.isfinite(last["loss"]):
+                    raise FloatingPointError(f"the loss is {last['loss']} at step {self.step}; lower optim.lr or "
+                                             "check the data (see loss.jsonl)")
+                if log and (self.step % c.log.every == 0 or self.step == c.optim.max_steps):
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                done = self.step == c.optim.max_steps
+                if (c.checkpoint.every and self.step % c.checkpoint.every == 0) or done:
+                    self.save()
+                if c.eval.every and self.step % c.eval.every == 0 or done and c.eval.at_end:
+                    self.run_eval()
+                if d.is_main and (self.step % c.log.plot_every == 0 or done or
+                                  (c.checkpoint.every and self.step % c.checkpoint.every == 0)):
+                    self.plot()
+                if kill_after and self.step == kill_after:
+                    if log:
+                        log.close()
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        summary = {"step": self.step, "loss": last.get("loss"), "skipped": self.index_skips + self.lazy_skips,
+                   "checkpoint": str(latest_checkpoint(self.out / "checkpoints")), "eval": self.last_eval}
+        if d.is_main:
+            print(f"zamba2vl train: done at step {self.step}; last loss {summary['loss']}; "
+                  f"{summary['skipped']} bad record(s) skipped (listed in {self.out / 'skipped.jsonl'}); "
+                  f"checkpoint {summary['checkpoint']}", file=sys.stderr, flush=True)
+        return summary
+
+    # ------------------------------------------------------------------------------------------ side work
+    def save(self) -> Path:
+        d = self.dist
+        if d.is_main:
+            self.writer.begin(self.step)
+        distributed.barrier(d)
+        self.writer.write_rank(self.step, d.rank)
+        distributed.barrier(d)
+        path = None
+        if d.is_main:
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "data": self.mixture.state_dict(),
+                     "lazy_skips": self.lazy_skips, "world": d.world, "config": self.config.to_dict()}
+            path = self.writer.commit(self.step, self.model, self.processor, state)
+        distributed.barrier(d)
+        return path
+
+    def run_eval(self) -> None:
+        if self.dist.is_main and self.eval_examples:
+            t0 = time.perf_counter()
+            result = evaluate(self.model, self.processor, self.eval_examples,
+                              max_new_tokens=self.config.eval.max_new_tokens)
+            self.last_eval = result.accuracy
+            row = {"step": self.step, "accuracy": result.accuracy, "eval_s": round(time.perf_counter() - t0, 2),
+                   "samples": result.samples}
+            with open(self.out / "eval.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            acc = " ".join(f"{k} {v:.2f}" for k, v in result.accuracy.items())
+            print(f"\nzamba2vl train: step {self.step} eval: {acc}", file=sys.stderr, flush=True)
+        distributed.barrier(self.dist)
+
+    def plot(self) -> None:
+        plot_run(read_jsonl(self.out / "loss.jsonl"), read_jsonl(self.out / "eval.jsonl"), self.out / "loss.png",
+                 title=f"{self.config.stage} loss")
+
+    def close(self) -> None:
+        distributed.teardown(self.dist)
+
+
+def run_training(config: TrainConfig, *, resume: str | bool | None = None, progress: bool = True) -> dict[str, Any]:
+    trainer = Trainer(config, resume=resume, progress=progress)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()

@@ -1,0 +1,101 @@
+"""Only the assistant's tokens (answer + end of turn) carry loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from trainkit import IMAGE_TOKEN_ID, TINY_TEXT, TINY_VISION, one_thread, processor
+
+from zamba2vl.config import Zamba2VLConfig
+from zamba2vl.train.build import random_model
+from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
+from zamba2vl.train.loss import CausalLMLoss, token_losses
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def setup():
+    proc = processor()
+    config = Zamba2VLConfig.from_dict({"model_type": "zamba2_vl", "image_token_index": IMAGE_TOKEN_ID,
+                                       "text_config": {"model_type": "zamba2", **TINY_TEXT},
+                                       "vision_config": TINY_VISION})
+    model = random_model(config, seed=3).train()
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (56, 84), (200, 30, 30))},
+                                     {"type": "text", "text": "What colour is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": "Are you sure?"},
+        {"role": "assistant", "content": "Yes, it is red."},
+    ]
+    example = ConversationEncoder(proc)(messages)
+    return proc, model, example
+
+
+def test_labels_are_exactly_the_answers_and_their_end_of_turn(setup):
+    proc, _, ex = setup
+    tok = proc.tokenizer
+    ids, labels = ex.input_ids.tolist(), ex.labels.tolist()
+    runs, current = [], []
+    for i, label in enumerate(labels):
+        if label == IGNORE:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            assert label == ids[i]
+            current.append(label)
+    runs.append(current) if current else None
+    assert [tok.decode(r) for r in runs] == ["red</s>", "Yes, it is red.</s>"]
+    assert labels.count(IGNORE) == len(labels) - sum(map(len, runs))
+    assert ids.count(IMAGE_TOKEN_ID) == 6  # 56x84 pixels -> 2x3 merged tokens, none labelled
+    assert all(labels[i] == IGNORE for i, t in enumerate(ids) if t == IMAGE_TOKEN_ID)
+
+
+def test_only_assistant_targets_change_the_loss(setup):
+    proc, model, ex = setup
+    batch = collate([ex])
+    loss_model = CausalLMLoss(model)
+    base, count = loss_model(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw)
+    assert int(count) == ex.num_loss_tokens == len(proc.tokenizer.encode("red</s>Yes, it is red.</s>", False))
+
+    assistant = (batch.labels[0] != IGNORE).nonzero().flatten().tolist()
+    user = [i for i in range(1, batch.labels.shape[1]) if i not in assistant
+            and batch.input_ids[0, i] != IMAGE_TOKEN_ID]
+
+    def loss_with_targets(position: int) -> torch.Tensor:
+        """Loss when the token at `position` is replaced by another id in the target stream, masked as the
+        encoder masks it: a user position stays unlabelled, an assistant position takes the new id."""
+        targets = batch.input_ids.clone()
+        targets[0, position] = (targets[0, position] + 1) % 32000
+        labels = torch.where(batch.labels != IGNORE, targets, torch.full_like(targets, IGNORE))
+        return loss_model(batch.input_ids, labels, batch.pixel_values, batch.image_grid_thw)[0]
+
+    with torch.no_grad():
+        for i in user:
+            assert torch.equal(loss_with_targets(i), base)
+        for i in assistant:
+            assert not torch.allclose(loss_with_targets(i), base)
+
+
+def test_no_gradient_reaches_unlabelled_positions(setup):
+    _, model, ex = setup
+    batch = collate([ex])
+    logits = model(batch.input_ids, pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw).logits
+    logits.retain_grad()
+    loss, count = token_losses(logits, batch.labels)
+    loss.backward()
+    grad_rows = logits.grad[0].abs().sum(-1)  # [L]
+    predicts_answer = torch.zeros_like(grad_rows, dtype=torch.bool)
+    predicts_answer[:-1] = batch.labels[0, 1:] != IGNORE
+    assert bool((grad_rows[~predicts_answer] == 0).all())
+    assert bool((grad_rows[predicts_answer] > 0).all())
+
+    # The trainer's loss (projecting only labelled positions) is the same number.
+    fast, fast_count = CausalLMLoss(model)(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw)
+    assert int(fast_count) == int(count)
+    assert abs(fast.item() - loss.item()) <= 1e-4 * abs(loss.item())
