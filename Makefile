@@ -6,8 +6,9 @@ STAMP     := $(VENV)/.installed
 # A CPU build of torch 2.13.0 is what we test on; pip falls back to any torch >= 2.4 if it is not available.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo install clean bench
+.PHONY: test demo install clean bench browser
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,7 +23,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The web-page test drives Debian's Chromium through its driver (browser downloads cannot reach their servers).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)

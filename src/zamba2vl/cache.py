@@ -8,6 +8,7 @@ float32 is the more accurate choice and costs little since it is small).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,3 +111,50 @@ class HybridCache:
 
     def clone(self) -> "HybridCache":
         return self.select(list(range(self.batch_size)))
+
+    @classmethod
+    def merge(cls, caches: Sequence["HybridCache"]) -> "HybridCache":
+        """One new cache holding the rows of ``caches`` in order (continuous batching: rows join a running batch).
+
+        Caches of different lengths are aligned on their last position: a shorter cache's keys and values move right
+        and the columns in front of them are marked invalid, as left padding is, so attention never sees them. RoPE
+        positions are per row, so every row keeps the positions it had alone. Leading columns that no row of a cache
+        uses are dropped, so ``merge([cache])`` also compacts a cache whose long rows have left (``select``).
+        Spare capacity is the largest any input had, so rows keep appending in place.
+        """
+        assert caches, "merge needs at least one cache"
+        first = caches[0]
+        for c in caches[1:]:
+            assert c.hybrid_slot == first.hybrid_slot and c.keys.dtype == first.keys.dtype, "caches of different models"
+            assert c.keys.device == first.keys.device, "caches on different devices"
+            assert c.conv_states.shape[::2] == first.conv_states.shape[::2], "caches of different models"
+            assert c.keys.shape[::2] == first.keys.shape[::2], "caches of different models"
+        spans = []  # (first used column, length) of each cache
+        for c in caches:
+            used = c.key_valid[:, : c.length].any(0)  # [length]
+            start = int(used.to(torch.int8).argmax()) if bool(used.any()) else c.length
+            spans.append((start, c.length))
+        length = max(end - start for start, end in spans)
+        capacity = length + max(c.capacity - c.length for c in caches)
+        batch = sum(c.batch_size for c in caches)
+        nhyb, _, nkv, _, head_dim = first.keys.shape
+        keys = first.keys.new_zeros(nhyb, batch, nkv, capacity, head_dim)
+        values = first.values.new_zeros(nhyb, batch, nkv, capacity, head_dim)
+        key_valid = first.key_valid.new_zeros(batch, capacity)
+        row = 0
+        for c, (start, end) in zip(caches, spans):
+            rows, cols = slice(row, row + c.batch_size), slice(length - (end - start), length)
+            keys[:, rows, :, cols] = c.keys[:, :, :, start:end]
+            values[:, rows, :, cols] = c.values[:, :, :, start:end]
+            key_valid[rows, cols] = c.key_valid[:, start:end]
+            row += c.batch_size
+        return cls(
+            conv_states=torch.cat([c.conv_states for c in caches], dim=1),
+            ssm_states=torch.cat([c.ssm_states for c in caches], dim=1),
+            keys=keys,
+            values=values,
+            key_valid=key_valid,
+            positions=torch.cat([c.positions for c in caches]),
+            length=length,
+            hybrid_slot=dict(first.hybrid_slot),
+        )

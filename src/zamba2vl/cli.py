@@ -1,4 +1,4 @@
-"""The `zamba2vl` command line: generate | chat | demo | eval | train | build (bench and serve land with their issues)."""
+"""The `zamba2vl` command line: generate | chat | demo | eval | train | build | serve."""
 
 from __future__ import annotations
 
@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="join a Zamba2 text checkpoint and a Qwen2.5-VL vision tower into a Zamba2-VL")
     add_build_arguments(b)
     b.set_defaults(func=run_build_from_args)
+    from zamba2vl.serve.cli import add_serve_arguments, run_serve_from_args
+
+    s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with a chat page")
+    add_serve_arguments(s)
+    s.set_defaults(func=run_serve_from_args)
     return parser
 
 
