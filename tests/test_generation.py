@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import mistral_common
 import pytest
 import torch
-from conftest import randomize_, tiny_text_dict
+from zamba_testkit import randomize_, tiny_text_dict
 
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.errors import InputError

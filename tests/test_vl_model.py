@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_oracle_lm, randomize_, tiny_text_dict
+from zamba_testkit import make_oracle_lm, randomize_, tiny_text_dict
 
 from zamba2vl.config import vl_preset
 from zamba2vl.errors import InputError

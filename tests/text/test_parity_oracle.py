@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import TINY_TEXT, make_oracle_lm, tiny_text_dict
+from zamba_testkit import TINY_TEXT, make_oracle_lm, tiny_text_dict
 
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.text.mamba2 import Mamba2Mixer

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TEXT, randomize_, tiny_text_dict
+from zamba_testkit import TINY_TEXT, randomize_, tiny_text_dict
 
 from zamba2vl.config import PRESET_SIZES, Zamba2TextConfig, text_preset
 from zamba2vl.errors import CheckpointError
