@@ -213,7 +213,7 @@ def main() -> None:
             print(f"transformers baseline via {python}", file=sys.stderr)
             base_t, base_out, base_info = run_baseline(python, weights, args, tmp)
 
-    from zamba2vl.vision.linear import compute_dtype
+    from zamba2vl.ops.precision import compute_dtype
 
     conditions = {
         "threads": args.threads,

@@ -183,9 +183,9 @@ def auto_dtype(folder, device: str) -> torch.dtype | None:
     if device != "cpu":
         return None
     from zamba2vl.checkpoint import open_weights
-    from zamba2vl.vision.linear import _cpu_has_native
+    from zamba2vl.ops.precision import cpu_has_native_gemm
 
-    if _cpu_has_native(torch.bfloat16):
+    if cpu_has_native_gemm(torch.bfloat16):
         return torch.bfloat16
     reader = open_weights(folder)
     n_params = 0

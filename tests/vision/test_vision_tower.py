@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from zamba2vl.config import VisionConfig
 from zamba2vl.errors import InputError
+from zamba2vl.ops.precision import compute_dtype, linear
 from zamba2vl.vision import VisionTower, load_vision_weights
 from zamba2vl.vision.attention import make_segments, segment_attention, segment_attention_reference
-from zamba2vl.vision.linear import compute_dtype, linear
 from zamba2vl.vision.rotary import apply_rotary, patch_positions, rotary_cos_sin, vision_inv_freq
 from zamba2vl.vision.windows import image_seqlens, inverse_permutation, window_index
 

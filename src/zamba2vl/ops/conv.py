@@ -33,19 +33,35 @@ def causal_conv1d(
     """
     b, L, c = x.shape
     K = weight.shape[-1]
-    if state is None:
-        history = x.new_zeros(b, K - 1, c)
-    else:
-        history = state[..., 1:].transpose(1, 2).to(x.dtype)  # [b, K-1, c]
-    xp = torch.cat([history, x], dim=1)  # [b, L+K-1, c]
-    w = weight.to(x.dtype).t()  # [K, c]
-    y = xp[:, 0:L] * w[0]
-    for k in range(1, K):
-        y.addcmul_(xp[:, k : k + L], w[k])
+    assert L >= 1
+    w = weight.to(x.dtype).t()  # [K, c]; tap k multiplies the input K-1-k steps back
+    history = None if state is None else state[..., 1:].transpose(1, 2).to(x.dtype)  # [b, K-1, c]
+    # y_t = sum_k w_k x_{t-(K-1-k)} + bias, tap by tap in this order (as a padded copy would give it), with each
+    # shifted tap reading its first rows from the history instead of from a padded copy of x.
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, state))
+    for k in range(K):
+        s = K - 1 - k  # shift
+        m = min(s, L)  # rows that read the history
+        if k == 0:
+            if grad:  # out= does not record gradients
+                y[:, m:] = x[:, : L - m] * w[0]
+                y[:, :m] = 0 if history is None else history[:, :m] * w[0]
+            else:
+                torch.mul(x[:, : L - m], w[0], out=y[:, m:])
+                y[:, :m].zero_() if history is None else torch.mul(history[:, :m], w[0], out=y[:, :m])
+            continue
+        y[:, m:].addcmul_(x[:, : L - m], w[k])
+        if history is not None and m:
+            y[:, :m].addcmul_(history[:, K - 1 - s : K - 1 - s + m], w[k])
     if bias is not None:
         y.add_(bias.to(x.dtype))
-    assert L >= 1
-    return y, xp[:, -K:].transpose(1, 2).contiguous()
+    if L >= K:
+        new_state = x[:, L - K :]
+    else:
+        old = history if history is not None else x.new_zeros(b, K - 1, c)
+        new_state = torch.cat([old, x], dim=1)[:, -K:]
+    return y, new_state.transpose(1, 2).contiguous()
 
 
 def causal_conv1d_step(

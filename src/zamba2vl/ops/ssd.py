@@ -11,15 +11,18 @@ Shapes used throughout:
     state [b, h, p, n] (float32)
 
 ``ssd_sequential`` is the obviously-correct loop (the test oracle). ``ssd_chunked`` computes the same thing as
-batched matrix products over chunks of ``chunk_size`` tokens (the "SSD minimal" formulation) with the
-inter-chunk state carried by an explicit recurrence over chunks, so its result does not depend on the chunk size
-(the reference's torch fallback gets this step wrong, spec 9.1). ``ssd_step`` is one decode step.
+batched matrix products over chunks of ``chunk_size`` tokens (the "SSD minimal" formulation), tile by tile: within
+a tile the state entering each chunk comes from one exact [chunks x chunks] decay product, and each tile starts
+from the previous tile's final state, so the result does not depend on the chunk or tile size (the reference's
+torch fallback gets the chunk-to-chunk step wrong, spec 9.1). ``ssd_step`` is one decode step.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from zamba2vl.ops.precision import matmul_dtype
 
 
 def _heads_per_group(h: int, g: int) -> int:
@@ -57,19 +60,11 @@ def ssd_sequential(
     return y, S
 
 
-def _segment_sums(dA: torch.Tensor) -> torch.Tensor:
-    """seg[..., i, j] = sum_{k=j+1..i} dA[..., k] for i >= j, and -inf above the diagonal.
-
-    Built as a cumulative sum of a masked copy rather than a difference of two cumsums, so that long chunks with
-    strong decay do not lose precision to cancellation.
-    """
-    Q = dA.shape[-1]
-    strict = torch.ones(Q, Q, dtype=torch.bool, device=dA.device).tril(-1)
-    z = dA[..., None, :].expand(*dA.shape, Q).transpose(-1, -2)  # z[..., i, j] = dA[i]
-    z = z.masked_fill(~strict, 0.0)
-    seg = torch.cumsum(z, dim=-2)
-    lower = torch.ones(Q, Q, dtype=torch.bool, device=dA.device).tril()
-    return seg.masked_fill(~lower, float("-inf"))
+# Chunks per tile of ``ssd_chunked``. A tile's chunk-to-chunk recurrence is one [c x c] matrix product, so its cost
+# grows with the tile length, while the work outside the products is a fixed number of tensor ops per tile. Tiles of
+# about a thousand tokens also keep each temporary at a few MB, which the allocator reuses from tile to tile instead
+# of mapping (and page-faulting) fresh memory: on the 2-core VMs we measure on, that alone costs more than the math.
+TILE_CHUNKS = 16
 
 
 def ssd_chunked(
@@ -81,67 +76,134 @@ def ssd_chunked(
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked SSD scan as batched matmuls.
+    """Chunked SSD scan as batched matmuls ("SSD minimal"), tile by tile.
 
-    The large products run in ``x.dtype`` (bf16 on CPU uses AMX; matmuls accumulate in fp32); decays, dt and the
-    carried state stay in float32. Returns (y [b, L, h, p] in x.dtype, final state [b, h, p, n] float32).
+    The sequence is cut into tiles of ``TILE_CHUNKS`` chunks of ``chunk_size`` tokens; each tile continues the
+    state of the previous one, so the result does not depend on either size. The large products run in
+    ``compute_dtype`` (default ``matmul_dtype(x.dtype)`` of ops.precision: bf16 on CPUs with AMX/AVX512-BF16,
+    where matmuls accumulate in fp32; else fp32); decays, dt and the carried state stay in float32.
+    Returns (y [b, L, h, p] in x.dtype, final state [b, h, p, n] float32).
     """
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    r = _heads_per_group(h, g)
-    Q = max(1, min(chunk_size, L)) if L > 0 else 1
-    cdt = x.dtype
-    pad = (-L) % Q
+    _heads_per_group(h, g)
+    cdt = compute_dtype or matmul_dtype(x.dtype, x.device)
+    # Without autograd, temporaries are updated in place and tiles write straight into the output.
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, initial_state))
+    Q = max(1, min(chunk_size, L))
+    S = x.new_zeros(b, h, p, n, dtype=torch.float32) if initial_state is None else initial_state.float()
+    y = None if grad else torch.empty_like(x, memory_format=torch.contiguous_format)
+    A = A.float()
+    Df = D.float()[:, None] if D is not None else None  # [h, 1]
+    ys, T = [], Q * TILE_CHUNKS
+    for t0 in range(0, L, T):
+        t1 = min(L, t0 + T)
+        yt, S = _ssd_tile(x[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], Df, S, Q, cdt,
+                          None if grad else y[:, t0:t1])
+        ys.append(yt)
+    if grad:
+        y = torch.cat(ys, dim=1) if ys else x.new_zeros(b, 0, h, p)
+    return y, S
+
+
+# Exponents of decays are clamped to +-_EXP_CLAMP before exp: a decay below e^-60 is zero to fp32 precision next to
+# any term that matters, and exp results that underflow (or overflow, or are exp(-inf)) take a slow path on x86 CPUs
+# (up to 25x slower than normal results), which strongly decaying heads would hit on most of each chunk.
+_EXP_CLAMP = 60.0
+
+
+def _ssd_tile(x, dt, A, B, C, Df, S0, Q, cdt, out):
+    """One tile of ``ssd_chunked``. Returns (y [b, T, h, p], state after the tile).
+
+    With ``out`` given, y is written into it and intermediates are updated in place (no autograd).
+    """
+    b, T, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    r = h // g
+    inplace = out is not None
+    pad = (-T) % Q
+    c = (T + pad) // Q
+    dtf = dt.float()
     if pad:
         # Padded steps have dt = 0: no decay and no input, so the final state is unaffected.
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        dt = F.pad(dt, (0, 0, 0, pad))
-        B = F.pad(B, (0, 0, 0, 0, 0, pad))
-        C = F.pad(C, (0, 0, 0, 0, 0, pad))
-    c = (L + pad) // Q
+        x, dtf = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dtf, (0, 0, 0, pad))
+        B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+    # Head-major layout, so that every product below is one batched matmul over (b, h, c) without copies.
+    xh = torch.empty(b, h, c * Q, p, dtype=cdt, device=x.device)
+    xh.copy_(x.transpose(1, 2))  # one pass, casting on the way
+    xh = xh.view(b, h, c, Q, p)
+    Bc = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4).to(cdt)  # [b, g, c, Q, n]
+    Cc = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4).to(cdt)
 
-    dt = dt.float()
-    dA = (dt * A.float()).view(b, c, Q, h).permute(0, 1, 3, 2)  # [b, c, h, Q]
-    Acum = torch.cumsum(dA, dim=-1)  # [b, c, h, Q]
-    dt_c = dt.view(b, c, Q, h).permute(0, 1, 3, 2)  # [b, c, h, Q]
+    # Within-chunk cumulative decay, summed in float64 and split into fp32 hi + lo parts: hi_q - hi_s is exact for
+    # nearby positions, so the decay between them is as accurate as a direct sum over the segment would give it.
+    dA = dtf.double() * A.double()  # [b, c*Q, h]
+    Acum64 = dA.view(b, c, Q, h).permute(0, 3, 1, 2).cumsum(-1)  # [b, h, c, Q]
+    Acum = Acum64.float()
+    Alo = (Acum64 - Acum.double()).float()
+    dt_s = dtf.view(b, c, Q, h).permute(0, 3, 1, 2)  # [b, h, c, Q]
+    # Without autograd dt is folded into the exponents below (one pass fewer). With autograd it stays a factor:
+    # through log(dt) its gradient would be 0 * (1/0) = NaN wherever dt = 0 (padding), and the term it scales
+    # would get no gradient there at all.
+    log_dt = torch.log(dt_s) if inplace else None  # -inf where dt = 0
 
-    xc = x.view(b, c, Q, g, r, p).permute(0, 1, 3, 4, 2, 5)  # [b, c, g, r, Q, p]
-    Bc = B.view(b, c, Q, g, n).permute(0, 1, 3, 2, 4).to(cdt)  # [b, c, g, Q, n]
-    Cc = C.view(b, c, Q, g, n).permute(0, 1, 3, 2, 4).to(cdt)  # [b, c, g, Q, n]
+    # 1. Within each chunk: y_q = sum_{s<=q} (C_q . B_s) exp(Acum_q - Acum_s) dt_s x_s.
+    # The causal mask lives in CB (per group, h/g times smaller than M); clamping keeps exp finite above the diagonal.
+    CB = torch.matmul(Cc, Bc.transpose(-1, -2)).float().tril()  # [b, g, c, Q, Q]
+    M = Acum[..., :, None] - Acum[..., None, :]  # [b, h, c, Q, Q]
+    fold_D = Df is not None and cdt == torch.float32  # then D x rides on M's diagonal (exact in fp32)
+    if inplace:
+        M.add_(Alo[..., :, None]).add_((log_dt - Alo)[..., None, :])
+        M.clamp_(-_EXP_CLAMP, _EXP_CLAMP).exp_()
+        M.view(b, g, r, c, Q, Q).mul_(CB[:, :, None])
+        if fold_D:
+            M.diagonal(dim1=-2, dim2=-1).add_(Df.view(1, h, 1, 1))
+    else:
+        M = M + Alo[..., :, None] - Alo[..., None, :]
+        M = M.clamp(-_EXP_CLAMP, _EXP_CLAMP).exp() * dt_s[..., None, :]
+        M = (M.view(b, g, r, c, Q, Q) * CB[:, :, None]).view(b, h, c, Q, Q)
+        fold_D = False
+    yh = torch.matmul(M.to(cdt), xh)  # [b, h, c, Q, p]
+    del M, CB
 
-    # 1. Within each chunk: y_i += sum_{j<=i} (C_i . B_j) exp(A_i..j) dt_j x_j
-    CB = torch.matmul(Cc, Bc.transpose(-1, -2))  # [b, c, g, Q, Q]
-    decay = torch.exp(_segment_sums(dA))  # [b, c, h, Q, Q]
-    M = decay.view(b, c, g, r, Q, Q) * dt_c.view(b, c, g, r, 1, Q)
-    M = (M * CB.float()[:, :, :, None]).to(cdt)
-    y = torch.matmul(M, xc)  # [b, c, g, r, Q, p]
-    del M, decay, CB
+    # 2. State each chunk adds by its end: sum_s exp(Acum_end - Acum_s) dt_s x_s (outer) B_s. States are kept
+    # transposed, [n, p], so that step 4 multiplies by them without a transposed copy.
+    w = (Acum64[..., -1:] - Acum64).float()  # [b, h, c, Q]
+    w = torch.exp(w.add_(log_dt).clamp_(min=-_EXP_CLAMP)) if inplace else torch.exp(w.clamp(min=-_EXP_CLAMP)) * dt_s
+    Bw = (Bc[:, :, None] * w.view(b, g, r, c, Q, 1)).to(cdt).reshape(b, h, c, Q, n)
+    chunk_states = torch.matmul(Bw.transpose(-1, -2), xh).float()  # [b, h, c, n, p]
+    del Bw
 
-    # 2. State each chunk adds by its end: sum_j exp(A_end..j) dt_j x_j (outer) B_j
-    w = (torch.exp(Acum[..., -1:] - Acum) * dt_c).view(b, c, g, r, Q, 1)
-    xw = (xc.float() * w).to(cdt)  # [b, c, g, r, Q, p]
-    chunk_states = torch.matmul(xw.transpose(-1, -2), Bc[:, :, :, None])  # [b, c, g, r, p, n]
-    chunk_states = chunk_states.float().view(b, c, h, p, n)
-    del xw
+    # 3. State entering each chunk: an exclusive scan over chunks, as one [c x c] product (plus the tile's input).
+    ld = Acum64[..., -1]  # [b, h, c] log decay of each chunk
+    cum = ld.cumsum(-1)
+    cumx = cum - ld  # decay from the tile start to each chunk's start
+    Tm = torch.exp((cumx[..., :, None] - cum[..., None, :]).clamp(-_EXP_CLAMP, _EXP_CLAMP)).tril(-1).float()
+    states = torch.matmul(Tm, chunk_states.view(b, h, c, n * p))  # [b, h, c, n*p]
+    decay_in = torch.exp(cumx.clamp(min=-_EXP_CLAMP)).float()[..., None]  # [b, h, c, 1]
+    S0f = S0.transpose(-1, -2).reshape(b, h, 1, n * p)
+    states = states.addcmul_(decay_in, S0f) if inplace else states.addcmul(decay_in, S0f)
+    decay_last = torch.exp(ld[..., -1].clamp(min=-_EXP_CLAMP)).float()[..., None, None]  # [b, h, 1, 1]
+    S_out = torch.addcmul(chunk_states[:, :, -1], decay_last, states[:, :, -1].view(b, h, n, p))
+    S_out = S_out.transpose(-1, -2).contiguous()  # [b, h, p, n]
 
-    # 3. Carry the state across chunks (the recurrence the reference's fallback gets wrong).
-    chunk_decay = torch.exp(Acum[..., -1])  # [b, c, h]
-    S = x.new_zeros(b, h, p, n, dtype=torch.float32) if initial_state is None else initial_state.float()
-    states_in = torch.empty(b, c, h, p, n, dtype=torch.float32, device=x.device)
-    for k in range(c):
-        states_in[:, k] = S
-        S = chunk_decay[:, k, :, None, None] * S + chunk_states[:, k]
-    del chunk_states
-
-    # 4. Contribution of the carried state: y_i += exp(A_i..start) C_i . S_in
-    y_off = torch.matmul(Cc[:, :, :, None], states_in.view(b, c, g, r, p, n).transpose(-1, -2).to(cdt))
-    y_off = y_off.float() * torch.exp(Acum).view(b, c, g, r, Q, 1)
-    y = y.float() + y_off  # [b, c, g, r, Q, p]
-    y = y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * Q, h, p)[:, :L]
-    if D is not None:
-        y = y + D.float()[:, None] * x[:, :L].float()
-    return y.to(cdt), S
+    # 4. Contribution of the state entering the chunk: y_q += exp(Acum_q) C_q . S_in
+    Cw = (Cc[:, :, None] * torch.exp(Acum.clamp(min=-_EXP_CLAMP)).view(b, g, r, c, Q, 1)).to(cdt)
+    yh, Cw = yh.view(b * h * c, Q, p), Cw.reshape(b * h * c, Q, n)
+    Sin = states.view(b * h * c, n, p).to(cdt)
+    yh = yh.baddbmm_(Cw, Sin) if inplace else yh.baddbmm(Cw, Sin)
+    yv = yh.view(b, h, c * Q, p)[:, :, :T].transpose(1, 2)  # [b, T, h, p] (a view)
+    x = x[:, :T]
+    if not inplace:
+        return (yv + Df * x if Df is not None else yv).to(x.dtype), S_out
+    if Df is None or fold_D:
+        out.copy_(yv)
+    else:
+        torch.addcmul(yv, x, Df, out=out)  # y + D x, summed in fp32
+    return out, S_out
 
 
 def ssd_step(

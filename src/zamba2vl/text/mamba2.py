@@ -10,14 +10,17 @@ from zamba2vl.cache import HybridCache
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.ops.conv import causal_conv1d, causal_conv1d_step
 from zamba2vl.ops.norms import RMSNorm, gated_rms_norm
+from zamba2vl.ops.precision import linear_module as _linear
 from zamba2vl.ops.ssd import ssd_chunked, ssd_step
 
 
 class Mamba2Mixer(nn.Module):
     """in_proj -> z | xBC | dt; causal conv + SiLU on xBC; SSD scan; gated group RMSNorm with z; out_proj."""
 
-    # Chunk size of our scan. The result does not depend on it (unlike the reference fallback), only speed does.
+    # Chunk size of our scan and tile length of long prefills. Results depend on neither beyond fp32 rounding
+    # (unlike the reference fallback's chunk size), only speed does.
     scan_chunk_size = 64
+    prefill_tile = 2048
 
     def __init__(self, config: Zamba2TextConfig, layer_idx: int):
         super().__init__()
@@ -48,17 +51,41 @@ class Mamba2Mixer(nn.Module):
     def forward(
         self, u: torch.Tensor, cache: HybridCache | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """u [b, L, h] -> [b, L, h]. ``mask`` [b, L] (1 = real token) keeps padding out of the conv and the scan."""
+        """u [b, L, h] -> [b, L, h]. ``mask`` [b, L] (1 = real token) keeps padding out of the conv and the scan.
+
+        Long inputs run in tiles of ``prefill_tile`` tokens that pass the conv and SSM states on, exactly as
+        successive cached calls would: every temporary then stays a few MB (reused by the allocator instead of
+        page-faulted afresh, and closer to the cache) whatever the prompt length.
+        """
         b, L, _ = u.shape
         if cache is not None and L == 1 and cache.length > 0:
             return self._step(u, cache)
+        cached = cache is not None and cache.length > 0
+        conv_state = cache.conv_states[self.layer_idx] if cached else None
+        ssm_state = cache.ssm_states[self.layer_idx] if cached else None
+        out = None
+        for t0 in range(0, L, self.prefill_tile):
+            t1 = min(L, t0 + self.prefill_tile)
+            y, conv_state, ssm_state = self._forward_tile(
+                u[:, t0:t1], None if mask is None else mask[:, t0:t1], conv_state, ssm_state)
+            if t1 - t0 == L:
+                out = y
+            else:
+                out = u.new_empty(b, L, y.shape[-1], dtype=y.dtype) if out is None else out
+                out[:, t0:t1] = y
+        if cache is not None:
+            cache.conv_states[self.layer_idx].copy_(conv_state)
+            cache.ssm_states[self.layer_idx].copy_(ssm_state)
+        return out
+
+    def _forward_tile(self, u, mask, conv_state, ssm_state):
+        b, L, _ = u.shape
         if mask is not None:
             u = u * mask[..., None].to(u.dtype)
-        proj = self.in_proj(u)
+        proj = _linear(u, self.in_proj)
         z, xBC, dt = proj.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        conv_state = cache.conv_states[self.layer_idx] if cache is not None and cache.length > 0 else None
-        xBC, new_conv_state = causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
-        xBC = F.silu(xBC)
+        xBC, conv_state = causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
+        xBC = F.silu(xBC, inplace=not xBC.requires_grad)  # xBC is the conv's own output
         dt = self._dt(dt)
         if mask is not None:
             maskf = mask.to(xBC.dtype)[..., None]
@@ -66,21 +93,17 @@ class Mamba2Mixer(nn.Module):
             dt = dt * maskf  # dt = 0: padding neither decays nor feeds the state
         x, B, C = xBC.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
         A = -torch.exp(self.A_log.float())
-        init = cache.ssm_states[self.layer_idx] if cache is not None and cache.length > 0 else None
-        y, state = ssd_chunked(
+        y, ssm_state = ssd_chunked(
             x.reshape(b, L, self.n_heads, self.head_dim), dt, A,
             B.reshape(b, L, self.n_groups, self.d_state), C.reshape(b, L, self.n_groups, self.d_state),
-            D=self.D, initial_state=init, chunk_size=self.scan_chunk_size,
+            D=self.D, initial_state=ssm_state, chunk_size=self.scan_chunk_size,
         )
-        if cache is not None:
-            cache.conv_states[self.layer_idx].copy_(new_conv_state)
-            cache.ssm_states[self.layer_idx].copy_(state)
         y = gated_rms_norm(y.reshape(b, L, self.d_inner), z, self.norm.weight, self.n_groups, self.norm_weight_eps)
-        return self.out_proj(y.to(u.dtype))
+        return _linear(y.to(u.dtype), self.out_proj), conv_state, ssm_state
 
     def _step(self, u: torch.Tensor, cache: HybridCache) -> torch.Tensor:
         b = u.shape[0]
-        proj = self.in_proj(u[:, 0])
+        proj = _linear(u[:, 0], self.in_proj)
         z, xBC, dt = proj.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xBC = F.silu(causal_conv1d_step(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, cache.conv_states[self.layer_idx]))
         x, B, C = xBC.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
@@ -90,7 +113,7 @@ class Mamba2Mixer(nn.Module):
             C.reshape(b, self.n_groups, self.d_state), D=self.D,
         )
         y = gated_rms_norm(y.reshape(b, 1, self.d_inner), z[:, None], self.norm.weight, self.n_groups, self.norm_weight_eps)
-        return self.out_proj(y.to(u.dtype))
+        return _linear(y.to(u.dtype), self.out_proj)
 
 
 class _GatedNormWeight(nn.Module):

@@ -25,6 +25,7 @@ from zamba2vl.cache import HybridCache
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.errors import InputError
 from zamba2vl.ops.norms import RMSNorm
+from zamba2vl.ops.precision import linear_module
 from zamba2vl.text.mamba2 import MambaLayer
 from zamba2vl.text.shared_block import SharedTransformerBlock, attention_mask_for, rope_cos_sin
 
@@ -41,7 +42,7 @@ class HybridLayer(nn.Module):
 
     def forward(self, x, original, block, rope, attn_mask, cache, mamba_mask):
         t = block(x, original, self.slot, self.layer_idx, rope, attn_mask, cache)
-        return self.mamba_decoder(x, cache, mamba_mask, injected=self.linear(t))
+        return self.mamba_decoder(x, cache, mamba_mask, injected=linear_module(t, self.linear))
 
 
 class Zamba2Model(nn.Module):

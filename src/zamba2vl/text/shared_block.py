@@ -3,6 +3,13 @@
 One block object serves several hybrid layers ("visits"). Visit k uses block k mod num_mem_blocks and adapter
 slot k. A block holds adapter modules for every slot it serves and empty placeholders for the others, so its
 parameter names are exactly the checkpoint's ``...shared_transformer.{name}`` names.
+
+Precision: each sublayer (attention, MLP) follows ops.precision like the Mamba2 mixers and the vision tower. It
+converts its input once to ``compute_dtype`` of its weights (the model dtype, or fp32 for a bf16/fp16 model on a
+CPU without native low-precision GEMMs), runs its products (projections, LoRA adapters, SDPA) in that dtype with
+the weights upcast per call (exact; no fp32 copy is kept, which would double a bf16 model's memory) and returns the
+model dtype. In fp32, or where low precision is native (GPUs, AVX512-BF16/AMX CPUs), nothing is converted and the
+computation is the plain one.
 """
 
 from __future__ import annotations
@@ -13,11 +20,18 @@ from torch import nn
 
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.ops.norms import RMSNorm
+from zamba2vl.ops.precision import compute_dtype, linear
 
 
 def lora(in_dim: int, rank: int, out_dim: int) -> nn.Sequential:
     """Plain B(A(x)) with no bias and no scaling (checkpoint names ``.0.weight`` = A, ``.1.weight`` = B)."""
     return nn.Sequential(nn.Linear(in_dim, rank, bias=False), nn.Linear(rank, out_dim, bias=False))
+
+
+def _lora(h: torch.Tensor, adapter: nn.Sequential) -> torch.Tensor:
+    """``adapter(h)`` in h's dtype (see the module docstring)."""
+    down, up = adapter
+    return linear(linear(h, down.weight), up.weight)
 
 
 def _adapter_list(config: Zamba2TextConfig, block_id: int, in_dim: int, out_dim: int) -> nn.ModuleList:
@@ -59,11 +73,14 @@ class SharedAttention(nn.Module):
 
     def forward(self, x, slot, layer_idx, rope, attn_mask, cache):
         b, L, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        h = x.to(compute_dtype(self.q_proj.weight))
+        q = linear(h, self.q_proj.weight, self.q_proj.bias)
+        k = linear(h, self.k_proj.weight, self.k_proj.bias)
+        v = linear(h, self.v_proj.weight, self.v_proj.bias)
         if self.use_adapters:
-            q = q + self.linear_q_adapter_list[slot](x)
-            k = k + self.linear_k_adapter_list[slot](x)
-            v = v + self.linear_v_adapter_list[slot](x)
+            q = q + _lora(h, self.linear_q_adapter_list[slot])
+            k = k + _lora(h, self.linear_k_adapter_list[slot])
+            v = v + _lora(h, self.linear_v_adapter_list[slot])
         q = q.view(b, L, self.n_heads, self.head_dim).transpose(1, 2)  # [b, nA, L, dA]
         k = k.view(b, L, self.n_kv, self.head_dim).transpose(1, 2)
         v = v.view(b, L, self.n_kv, self.head_dim).transpose(1, 2)
@@ -72,7 +89,8 @@ class SharedAttention(nn.Module):
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
         if cache is not None:
-            k, v = cache.append_kv(layer_idx, k, v)
+            k, v = cache.append_kv(layer_idx, k, v)  # stored in the model dtype
+            k, v = k.to(h.dtype), v.to(h.dtype)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -80,7 +98,8 @@ class SharedAttention(nn.Module):
             o = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scale)
         else:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
-        return self.o_proj(o.transpose(1, 2).reshape(b, L, self.n_heads * self.head_dim))
+        o = o.transpose(1, 2).reshape(b, L, self.n_heads * self.head_dim)
+        return linear(o, self.o_proj.weight, self.o_proj.bias).to(x.dtype)
 
 
 class SharedMLP(nn.Module):
@@ -95,9 +114,11 @@ class SharedMLP(nn.Module):
             raise NotImplementedError(f"shared MLP activation {c.hidden_act!r} (Zamba2 uses exact 'gelu')")
 
     def forward(self, x, slot):
-        gu = self.gate_up_proj(x) + self.gate_up_proj_adapter_list[slot](x)
+        h = x.to(compute_dtype(self.gate_up_proj.weight))
+        gu = linear(h, self.gate_up_proj.weight, self.gate_up_proj.bias)
+        gu = gu + _lora(h, self.gate_up_proj_adapter_list[slot])
         gate, up = gu.split(self.F, dim=-1)
-        return self.down_proj(F.gelu(gate) * up)
+        return linear(F.gelu(gate) * up, self.down_proj.weight, self.down_proj.bias).to(x.dtype)
 
 
 class SharedTransformerBlock(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 from zamba2vl.config import VisionConfig
 from zamba2vl.errors import ConfigError, InputError
 from zamba2vl.vision.attention import Segments, make_segments, segment_attention
-from zamba2vl.vision.linear import compute_dtype, linear
+from zamba2vl.ops.precision import compute_dtype, linear
 from zamba2vl.vision.rotary import apply_rotary, patch_positions, rotary_cos_sin, vision_inv_freq
 from zamba2vl.vision.windows import GridTHW, image_seqlens, inverse_permutation, validate_grid, window_index
 
@@ -66,7 +66,7 @@ class PatchEmbed(nn.Module):
 
 
 # Sublayers convert their input once to compute_dtype (the model dtype, or fp32 on CPUs without native
-# bf16 GEMMs, see linear.py), run in it, and return the model dtype.
+# bf16 GEMMs, see ops/precision.py), run in it, and return the model dtype.
 
 
 class VisionAttention(nn.Module):

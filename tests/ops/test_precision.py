@@ -1,0 +1,70 @@
+"""The low-precision matmul policy (ops.precision): which dtype products of bf16/fp16 weights compute in."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zamba2vl.ops import precision
+from zamba2vl.ops.precision import compute_dtype, cpu_has_native_gemm, linear, linear_module, matmul_dtype
+
+NATIVE_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_detection_is_onednns_and_cached():
+    assert cpu_has_native_gemm(torch.bfloat16) == NATIVE_BF16
+    assert cpu_has_native_gemm(torch.float32)  # fp32 GEMMs are always native
+    before = cpu_has_native_gemm.cache_info().hits
+    cpu_has_native_gemm(torch.bfloat16)
+    assert cpu_has_native_gemm.cache_info().hits == before + 1
+
+
+def test_this_machine():
+    # On the AVX2-only development VM (no AVX512-BF16/AMX) bf16 products run in fp32; elsewhere in bf16.
+    assert matmul_dtype(torch.bfloat16) == (torch.bfloat16 if NATIVE_BF16 else torch.float32)
+    assert compute_dtype(torch.zeros(2, 2, dtype=torch.bfloat16)) == matmul_dtype(torch.bfloat16)
+    assert matmul_dtype(torch.float32) == torch.float32
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_policy_rules(native, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_gemm", lambda dtype: native)
+    low = torch.bfloat16 if native else torch.float32
+    assert matmul_dtype(torch.bfloat16, "cpu") == low
+    assert matmul_dtype(torch.float16, torch.device("cpu")) == (torch.float16 if native else torch.float32)
+    assert matmul_dtype(torch.float32, "cpu") == torch.float32
+    assert matmul_dtype(torch.float64, "cpu") == torch.float64
+    # Off the CPU the dtype is always its own (no device is needed to ask).
+    assert matmul_dtype(torch.bfloat16, "cuda") == torch.bfloat16
+    assert matmul_dtype(torch.float16, torch.device("cuda", 0)) == torch.float16
+    monkeypatch.setattr(precision, "FORCE_NATIVE_LOW_PRECISION", True)
+    assert matmul_dtype(torch.bfloat16, "cpu") == torch.bfloat16
+
+
+def test_linear_helpers(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    layer = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(48, 64, generator=g))
+        layer.bias.copy_(torch.randn(48, generator=g))
+    x = torch.randn(37, 64, generator=g)
+    # fp32: exactly nn.Linear.
+    assert torch.equal(linear(x, layer.weight, layer.bias), layer(x))
+    assert torch.equal(linear_module(x, layer), layer(x))
+    layer = layer.bfloat16()
+    xb = x.bfloat16()
+    exact = F.linear(xb.float(), layer.weight.float(), layer.bias.float())
+    # Upcasting bf16 values is exact: the same products as an fp32 GEMM on those values.
+    assert torch.equal(linear(xb.float(), layer.weight, layer.bias), exact)
+    monkeypatch.setattr(precision, "cpu_has_native_gemm", lambda dtype: False)
+    out = linear_module(xb, layer)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, exact.bfloat16())  # rounded once, as a native GEMM
+    monkeypatch.setattr(precision, "cpu_has_native_gemm", lambda dtype: True)
+    native = linear_module(xb, layer)  # the plain bf16 F.linear
+    assert native.dtype == torch.bfloat16
+    assert ((native.float() - exact).abs() <= exact.abs() * 2**-7 + 1e-2).all()
+
+
+def test_vision_linear_reexports_the_policy():
+    from zamba2vl.vision import linear as vision_linear
+
+    assert vision_linear.compute_dtype is compute_dtype and vision_linear.linear is linear
