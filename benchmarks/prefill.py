@@ -24,16 +24,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import (REPO, Worker, cpu_flags, cpu_model, mib, protocol_channel, rss_now_bytes, rss_peak_bytes,
+                     timed_rounds, worker_env)
+
 SEED = 1234
 
 # The 53M-parameter configuration of environment.md: hidden 512, 12 layers, 2 shared blocks, d_state 64.
@@ -74,40 +73,6 @@ SYSTEMS = ("ours", "transformers")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def rss_now_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide bf16 speed (AVX-512 BF16 / AMX give torch native bf16 matmuls)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return sorted(f for f in have if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
-    except OSError:
-        pass
-    return []
-
-
 def prompt_ids(length: int, vocab: int):
     import torch
 
@@ -116,14 +81,15 @@ def prompt_ids(length: int, vocab: int):
 
 
 # ----------------------------------------------------------------------------------------------- checkpoint
-def build_checkpoint(folder: Path) -> int:
-    """Random 53M model (Zamba2-style init, fixed seed) saved as a Hub checkpoint; returns its parameter count."""
+def build_checkpoint(folder: Path, config_dict: dict | None = None) -> int:
+    """Random model (``CONFIG_53M`` by default; Zamba2-style init, fixed seed) saved as a Hub checkpoint; returns its
+    parameter count."""
     import torch
 
     from zamba2vl.config import Zamba2TextConfig
     from zamba2vl.text.model import Zamba2LM
 
-    config = Zamba2TextConfig.from_dict(dict(CONFIG_53M))
+    config = Zamba2TextConfig.from_dict(dict(config_dict or CONFIG_53M))
     torch.manual_seed(SEED)
     model = Zamba2LM(config)
     g = torch.Generator().manual_seed(SEED)
@@ -153,8 +119,7 @@ def run_worker(args) -> None:
 
     ``run``: one timed prefill; ``logits PATH``: save the last run's last-position logits; ``quit``: final stats.
     """
-    proto = os.fdopen(os.dup(1), "w")  # the protocol channel; anything libraries print goes to stderr instead
-    os.dup2(2, 1)
+    proto = protocol_channel()  # anything libraries print goes to stderr instead
     import torch
 
     torch.set_num_threads(args.threads)
@@ -210,78 +175,35 @@ def run_worker(args) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- driver
-class Worker:
-    """A worker process for one system and case, driven line by line."""
+def start_worker(python: str, system: str, dtype: str, length: int, args, log: Path) -> Worker:
+    """A worker process for one system and case (see harness.Worker), driven line by line."""
+    cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--checkpoint", str(args.checkpoint),
+           "--dtypes", dtype, "--lengths", str(length), "--threads", str(args.threads)]
+    return Worker(cmd, system, log, worker_env(args.threads, with_src=system == "ours"))
 
-    def __init__(self, python: str, system: str, dtype: str, length: int, args, log: Path):
-        cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--checkpoint", str(args.checkpoint),
-               "--dtypes", dtype, "--lengths", str(length), "--threads", str(args.threads)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-                   TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-        if system == "ours":
-            env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-        self.system, self.log = system, log
-        self._stderr = open(log, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, text=True)
-        self.info = self._read()
-        self.times: list[float] = []
-        self.loads: list[float] = []
 
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            self._stderr.close()
-            raise RuntimeError(f"{self.system} worker died:\n{self.log.read_text()[-4000:]}")
-        return json.loads(line)
-
-    def ask(self, command: str) -> dict:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def run(self) -> float:
-        r = self.ask("run")
-        self.loads.append(r["load_average"])
-        return r["s"]
-
-    def finish(self) -> dict:
-        final = self.ask("quit")
-        self.proc.wait()
-        self._stderr.close()
-        return final
+def run_prefill(w: Worker) -> float:
+    r = w.ask("run")
+    w.loads.append(r["load_average"])
+    return r["s"]
 
 
 def run_case(dtype: str, length: int, args, pythons: dict, tmp: Path, check: bool) -> dict:
-    workers = [Worker(pythons[s], s, dtype, length, args, tmp / f"{s}-{dtype}-{length}.log") for s in args.systems]
-    warmup = {w.system: w.run() for w in workers}
-    # Timed runs alternate between the systems (reversing the order every round), so that both meet the same
-    # machine load. A system stops once another run would take it past the budget; one whose warm-up alone
-    # exceeds the budget reports the warm-up as its single run.
-    done = {w.system: False for w in workers}
-    for w in workers:
-        if warmup[w.system] >= args.budget_s:
-            w.times.append(warmup[w.system])
-            done[w.system] = True
-    for rnd in range(args.repeats):
-        for w in (workers if rnd % 2 == 0 else workers[::-1]):
-            t = w.times
-            if done[w.system] or (t and sum(t) + t[-1] > args.budget_s):
-                done[w.system] = True
-                continue
-            t.append(w.run())
+    workers = [start_worker(pythons[s], s, dtype, length, args, tmp / f"{s}-{dtype}-{length}.log")
+               for s in args.systems]
+    # One warm-up each, then timed runs alternating between the systems within the budget (harness.timed_rounds).
+    warm = timed_rounds(workers, run_prefill, args.repeats, args.budget_s)
     row: dict = {"tokens": length, "dtype": dtype}
     if check:
-        paths = {w.system: tmp / f"{w.system}-{dtype}-{length}.pt" for w in workers}
+        paths = {w.name: tmp / f"{w.name}-{dtype}-{length}.pt" for w in workers}
         for w in workers:
-            w.ask(f"logits {paths[w.system]}")
+            w.ask(f"logits {paths[w.name]}")
         row["check"] = compare_logits(paths["ours"], paths["transformers"])
     for w in workers:
         final = w.finish()
-        row[w.system] = dict(w.info, **final, dtype=dtype, tokens=length, times_s=w.times,
-                             median_s=statistics.median(w.times), min_s=min(w.times), warmup_s=warmup[w.system],
-                             warmup_is_sample=warmup[w.system] >= args.budget_s, load_average=w.loads)
+        row[w.name] = dict(w.info, **final, dtype=dtype, tokens=length, times_s=w.times,
+                           median_s=statistics.median(w.times), min_s=min(w.times), **warm[w.name],
+                           load_average=w.loads)
     return row
 
 
@@ -291,10 +213,6 @@ def compare_logits(ours_path: Path, hf_path: Path) -> dict:
     a, b = torch.load(ours_path), torch.load(hf_path)
     return {"max_abs_diff": (a - b).abs().max().item(), "max_abs_logit": b.abs().max().item(),
             "same_argmax": bool(a.argmax() == b.argmax())}
-
-
-def mib(n: int) -> str:
-    return f"{n / 2**20:.0f}"
 
 
 def describe(system: str, r: dict) -> str:
