@@ -1,4 +1,4 @@
-"""The `zamba2vl` command line: generate | chat | demo | eval | train | build | serve."""
+"""The `zamba2vl` command line: generate | chat | demo | eval | train | build | serve | bench."""
 
 from __future__ import annotations
 
@@ -141,6 +141,34 @@ def _cmd_eval(args) -> int:
     return int(run_eval_from_args(args) or 0)
 
 
+def _bench_suite_path():
+    """benchmarks/suite.py of the source checkout this package runs from (or $ZAMBA2VL_BENCHMARKS/suite.py)."""
+    import os
+    from pathlib import Path
+
+    folder = os.environ.get("ZAMBA2VL_BENCHMARKS")
+    folder = Path(folder) if folder else Path(__file__).resolve().parents[2] / "benchmarks"
+    return folder / "suite.py"
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    """``zamba2vl bench ...``: hand the arguments to the benchmark suite (its own parser and --help)."""
+    import importlib.util
+
+    path = _bench_suite_path()
+    if not path.is_file():
+        print(f"zamba2vl: error: the benchmark suite is not here ({path}). It ships with the source checkout, not "
+              "the wheel: run `zamba2vl bench` from an editable install of the repository (make install), or set "
+              "ZAMBA2VL_BENCHMARKS to the checkout's benchmarks/ folder.", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("zamba2vl_bench_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = suite  # dataclasses look their module up there
+    spec.loader.exec_module(suite)
+    return int(suite.main(argv, prog="zamba2vl bench") or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zamba2vl",
@@ -162,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image", action="append", default=[], help="image(s) attached to the first message")
     c.set_defaults(func=_cmd_chat)
 
-    d = sub.add_parser("demo", help="answer questions about the bundled example images with the shipped model")
+    from zamba2vl.demo import add_demo_arguments
+
+    d = sub.add_parser("demo", help="answer questions about the bundled example images with the shipped model",
+                       description="Answer questions about the bundled example images (or yours, with --image) "
+                                   "with the small model that ships with zamba2vl. Offline.")
+    add_demo_arguments(d)
     d.set_defaults(func=_cmd_demo)
 
     from zamba2vl.eval.cli import add_eval_arguments
@@ -184,10 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with a chat page")
     add_serve_arguments(s)
     s.set_defaults(func=run_serve_from_args)
+    # Only listed here: main() hands `bench ...` to benchmarks/suite.py, whose parser owns the options and --help.
+    sub.add_parser("bench", help="speed and memory benchmarks against transformers (zamba2vl bench --help)",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        try:
+            return _cmd_bench(argv[1:])
+        except KeyboardInterrupt:
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
