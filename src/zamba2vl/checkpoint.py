@@ -24,12 +24,23 @@ SAFE_INDEX = "model.safetensors.index.json"
 # ------------------------------------------------------------------------------------------ locating files
 
 
+SHIPPED_MODEL_NAME = "nano"
+
+
 def resolve_model_dir(path_or_id: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local folder, or a Hub repo id downloaded (or found in the local cache) through huggingface_hub."""
+    """A local folder, or a Hub repo id downloaded (or found in the local cache) through huggingface_hub.
+
+    ``nano`` (when no folder of that name exists here) is the small model that ships inside the package."""
     p = Path(path_or_id).expanduser()
     if p.is_dir():
         return p
     s = os.fspath(path_or_id)
+    if s == SHIPPED_MODEL_NAME:
+        shipped = Path(__file__).parent / "assets" / "nano"
+        if not (shipped / "config.json").is_file():
+            raise CheckpointError(f"the shipped model is missing from this installation ({shipped}); reinstall "
+                                  "zamba2vl, or pass a checkpoint folder or Hub id")
+        return shipped
     if p.exists():
         raise CheckpointError(f"{s} is a file; pass the model folder that contains config.json.")
     if s.count("/") != 1 or s.startswith((".", "/", "~")):

@@ -99,3 +99,34 @@ def test_no_gradient_reaches_unlabelled_positions(setup):
     fast, fast_count = CausalLMLoss(model)(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw)
     assert int(fast_count) == int(count)
     assert abs(fast.item() - loss.item()) <= 1e-4 * abs(loss.item())
+
+
+def test_per_sample_weights_make_every_sample_weigh_the_same(setup):
+    # optim.loss_per: sample -> each sample's tokens share a weight of 1, so a 1-token answer counts as much as a
+    # 20-token one. The weighted sum over the batch / number of samples = mean over samples of each one's mean.
+    from zamba2vl.train.trainer import _row_weights
+
+    proc, model, long_example = setup
+    short = ConversationEncoder(proc)([
+        {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (56, 56), (0, 90, 200))},
+                                     {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": "blue"}])
+    batch = collate([long_example, short], pad_token_id=0)
+    weights = _row_weights(batch)
+    counts = [int((e.labels[1:] != IGNORE).sum()) for e in (long_example, short)]
+    assert counts[0] > 3 * counts[1] > 0
+    assert weights.tolist() == pytest.approx([1 / counts[0], 1 / counts[1]])
+    loss_fn = CausalLMLoss(model)
+    with torch.no_grad():
+        weighted, n_tokens = loss_fn(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw,
+                                     weights)
+        per_sample = []
+        for e in (long_example, short):
+            b = collate([e])
+            s, n = loss_fn(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw)
+            per_sample.append((s / n).item())
+    assert int(n_tokens) == sum(counts)
+    assert weighted.item() / 2 == pytest.approx(sum(per_sample) / 2, rel=1e-5)
+    # ... and differs from the token mean, which the long answer dominates.
+    token_mean = (per_sample[0] * counts[0] + per_sample[1] * counts[1]) / sum(counts)
+    assert abs(weighted.item() / 2 - token_mean) > 1e-3

@@ -57,8 +57,31 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--synthetic-rows", type=int, default=64, help="rows of the synthetic benchmark")
     parser.add_argument("--synthetic-seed", type=int, default=1234)
-    parser.add_argument("--synthetic-image-size", type=int, default=224)
+    parser.add_argument("--synthetic-image-size", type=int, default=None,
+                        help="side of the synthetic images (default: the size the model was trained at, from "
+                             "train_config.yaml in its folder, as for the shipped nano model; else 224)")
     return parser
+
+
+def _synthetic_image_size(args: argparse.Namespace) -> int:
+    """--synthetic-image-size, else the eval image size of the model's own training config, else 224."""
+    if args.synthetic_image_size:
+        return args.synthetic_image_size
+    if args.model != "oracle" and not args.model.startswith("answers:"):
+        try:
+            from zamba2vl.checkpoint import resolve_model_dir
+
+            folder = resolve_model_dir(args.model)
+        except Exception:  # reported properly when the model is loaded
+            return 224
+        cfg = Path(folder) / "train_config.yaml"
+        if cfg.is_file():
+            import yaml
+
+            size = ((yaml.safe_load(cfg.read_text()) or {}).get("eval") or {}).get("image_size")
+            if isinstance(size, int):
+                return size
+    return 224
 
 
 def _model_tag(model: str) -> str:
@@ -91,7 +114,7 @@ def run_eval_from_args(args: argparse.Namespace) -> int:
         prompt_style=args.prompt_style, prompt_suffix=args.prompt_suffix, min_pixels=args.min_pixels,
         max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens, countbench_rule=args.countbench_rule,
         judge=judge_from_args(args.judge_url, args.judge_model, args.judge_key_env),
-        synthetic={"rows": args.synthetic_rows, "seed": args.synthetic_seed, "image_size": args.synthetic_image_size})
+        synthetic={"rows": args.synthetic_rows, "seed": args.synthetic_seed, "image_size": _synthetic_image_size(args)})
     settings = RunSettings(model=args.model, model_size=args.model_size or size_from_name(args.model),
                            batch_size=args.batch_size, progress=not args.no_progress)
     out_root = Path(args.out) if args.out else Path("runs/eval") / _model_tag(args.model)

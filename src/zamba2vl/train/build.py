@@ -219,7 +219,14 @@ def load_processor(model: ModelSection, tokenizer: TokenizerSection, image_token
     """The run's processor: a SentencePiece file plus added tokens, or the tokenizer of a folder (by default
     the model's, or the text checkpoint's when building from parts), with the image token added if missing."""
     folder = None
-    if tokenizer.sentencepiece:
+    if tokenizer.characters:
+        if tokenizer.sentencepiece or tokenizer.path:
+            raise ConfigError("tokenizer: set one of characters, sentencepiece and path, not several")
+        from zamba2vl.train.char_tokenizer import char_tokenizer
+
+        tok = char_tokenizer()
+        source = "the character tokenizer"
+    elif tokenizer.sentencepiece:
         tok = Tokenizer.from_sentencepiece(resolve_resource(tokenizer.sentencepiece),
                                            added_tokens=tokenizer.added_tokens)
         source = tokenizer.sentencepiece

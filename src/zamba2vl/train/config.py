@@ -65,6 +65,7 @@ class TokenizerSection:
     path: str | None = None  # folder with tokenizer.json / tokenizer.model (default: the model folder)
     sentencepiece: str | None = None  # a SentencePiece .model file, or pkg://package/relative/path
     added_tokens: list[str] = field(default_factory=lambda: ["<image>"])  # with sentencepiece only
+    characters: bool = False  # the built-in character tokenizer (train/char_tokenizer.py), for models from scratch
 
 
 @dataclass
@@ -110,6 +111,7 @@ class OptimSection:
     eps: float = 1e-8
     clip_grad_norm: float | None = 1.0
     lr_scale: dict[str, float] = field(default_factory=dict)  # per part, e.g. {vision_tower: 0.1}
+    loss_per: str = "token"  # token: mean over labelled tokens | sample: each sample weighs the same
 
 
 @dataclass
@@ -185,6 +187,8 @@ class TrainConfig:
                                   "would be training examples; pick another seed")
         if self.precision.autocast not in ("bf16", "none", "auto"):
             raise ConfigError(f"precision.autocast: {self.precision.autocast!r}; use bf16, none or auto")
+        if self.optim.loss_per not in ("token", "sample"):
+            raise ConfigError(f"optim.loss_per: {self.optim.loss_per!r}; use token or sample")
         bad = set(self.optim.lr_scale) - set(PARTS)
         if bad:
             raise ConfigError(f"optim.lr_scale: unknown part(s) {sorted(bad)}; parts are {list(PARTS)}")

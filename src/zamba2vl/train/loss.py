@@ -41,8 +41,12 @@ class CausalLMLoss(nn.Module):
         return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded input_ids and labels [b, L] (+ the batch's images) -> (summed loss, token count)."""
+                image_grid_thw: torch.Tensor | None = None,
+                row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded input_ids and labels [b, L] (+ the batch's images) -> (summed loss, token count).
+
+        ``row_weights`` [b] multiplies each sample's token losses (``optim.loss_per: sample`` passes 1 / the
+        sample's labelled tokens, so every sample weighs the same whatever its answer's length)."""
         vl = self.model
         lm = vl.language_model
         b, L = input_ids.shape
@@ -53,5 +57,10 @@ class CausalLMLoss(nn.Module):
             targets = labels[:, 1:]
             keep = targets != IGNORE
             logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
-        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        if row_weights is None:
+            loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        else:
+            per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+            weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
+            loss = (per_token * weights).sum()
         return loss, keep.sum()

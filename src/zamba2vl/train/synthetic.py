@@ -264,7 +264,7 @@ def _reading(rng: np.random.Generator, width: int, height: int):
         fg = np.zeros(3, np.int64) if _luma(bg) >= 127_500 else np.full(3, 255)
 
     margin = max(2, min(width, height) // 28)
-    size = int(rng.integers(max(10, height // 12), max(11, height // 5) + 1))
+    size = int(rng.integers(max(10, height // 9), max(11, height // 4) + 1))
     left, top, right, bottom = _font(size).getbbox(word)
     while right - left > width - 2 * margin or bottom - top > height - 2 * margin:
         size -= max(1, size // 10)

@@ -30,13 +30,14 @@ import torch
 import yaml
 
 from zamba2vl.errors import ConfigError
+from zamba2vl.ops.precision import cpu_has_native_gemm
 from zamba2vl.train import distributed
 from zamba2vl.train.build import load_model, load_processor, token_facts
 from zamba2vl.train.checkpoints import (
     CheckpointWriter, latest_checkpoint, load_model_weights, load_trainer_state, set_rng_state,
 )
 from zamba2vl.train.config import PARTS, TrainConfig
-from zamba2vl.train.encode import ConversationEncoder, collate
+from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
 from zamba2vl.train.evaluate import evaluate, held_out_examples
 from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.mixture import Mixture
@@ -55,10 +56,8 @@ def resolve_autocast(setting: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:  # a CPU with AVX512-BF16 / AMX; elsewhere bf16 matmuls are slower than fp32
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    except (AttributeError, RuntimeError):  # pragma: no cover
-        return None
+    # A CPU with AVX512-BF16 / AMX; elsewhere bf16 matmuls are slower than fp32.
+    return torch.bfloat16 if cpu_has_native_gemm(torch.bfloat16) else None
 
 
 def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
@@ -92,6 +91,12 @@ def _keep_lines(path: Path, keep) -> list[dict]:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         os.replace(tmp, path)
     return rows
+
+
+def _row_weights(batch) -> torch.Tensor:
+    """1 / (labelled tokens) of each sample of a batch (0 for a sample without any)."""
+    n = (batch.labels[:, 1:] != IGNORE).sum(1).double()
+    return torch.where(n > 0, 1.0 / n.clamp(min=1), torch.zeros_like(n))
 
 
 class Trainer:
@@ -197,8 +202,13 @@ class Trainer:
         micro_batches = self.mixture.next_step(self.config.batch.global_batch_size, d.rank, d.world, self.micro)
         pad = self.processor.tokenizer.pad_token_id or 0
         batches = [collate(mb, pad) for mb in micro_batches]
-        local = torch.tensor([float(sum(b.num_loss_tokens for b in batches)), float(self.skips.count - skips_before)],
-                             dtype=torch.float64)
+        per_sample = self.config.optim.loss_per == "sample"
+        # The step's loss is the sum of (weighted) token losses over the global batch divided by the total
+        # weight: labelled tokens by default, or samples when each sample's tokens share a weight of 1.
+        row_weights = [_row_weights(b) if per_sample else None for b in batches]
+        weight = sum(float((w > 0).sum()) for w in row_weights) if per_sample else \
+            float(sum(b.num_loss_tokens for b in batches))
+        local = torch.tensor([weight, float(self.skips.count - skips_before)], dtype=torch.float64)
         tokens, new_skips = distributed.all_sum(local, d).tolist()
         self._report_skips()
         scale = d.world / max(tokens, 1.0)  # DDP divides by world: the step's gradient is d(sum)/d(w) / tokens
@@ -208,7 +218,8 @@ class Trainer:
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or d.world == 1 else self.wrapped.no_sync()
             with sync:
-                loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw)
+                w = None if row_weights[i] is None else row_weights[i].to(d.device)
+                loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw, w)
                 (loss * scale).backward()
             loss_sum += loss.detach()
         clip = self.config.optim.clip_grad_norm

@@ -1,0 +1,67 @@
+"""A character-level tokenizer for small models trained from scratch (the nano demo model).
+
+A 32k-token vocabulary such as Mistral's makes most English words one token, so a tiny model would have to
+learn every word of the reading task as a separate class from a handful of examples. With one token per
+character it learns letters instead, and any word it can see it can spell. The vocabulary is
+
+    <unk> <s> </s>  then every printable ASCII character (space .. ~) and newline, then <image>
+
+so 100 tokens, built in code (no files to ship) and saved with each checkpoint as an ordinary tokenizer.json
+(a BPE model without merges), loadable by ``Tokenizer.from_pretrained`` and by transformers.
+
+At one token per character every character of the prompt costs compute, so it comes with a terse chat
+template (``CHAT_TEMPLATE``): a user turn is ``Q: <text>``, a newline, then its images; the assistant's turn
+starts with ``A: `` and ends with ``</s>`` and a newline; a system message is a plain line. The images come
+after the question so that a causal model reads them knowing what is asked, and the answer starts right after
+them (for a state-space model, whose memory of distant tokens fades, this matters).
+"""
+
+from __future__ import annotations
+
+import json
+
+import tokenizers
+from tokenizers import AddedToken, decoders
+
+from zamba2vl.processing.tokenizer import Tokenizer
+
+SPECIAL = ("<unk>", "<s>", "</s>")
+CHARACTERS = "".join(chr(c) for c in range(32, 127)) + "\n"
+IMAGE_TOKEN = "<image>"
+
+CHAT_TEMPLATE = (
+    "{%- set marker = image_token if image_token is defined else '<image>' -%}\n"
+    "{%- for message in messages -%}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {%- set parts = [{'type': 'text', 'text': message['content']}] -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set parts = message['content'] or [] -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set text = parts | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') -%}\n"
+    "    {%- if message['role'] == 'user' -%}\n"
+    "        {{- 'Q: ' ~ text ~ '\\n' -}}\n"
+    "        {%- for part in parts if part['type'] in ['image', 'image_url'] -%}{{- marker -}}{%- endfor -%}\n"
+    "    {%- elif message['role'] == 'assistant' -%}\n"
+    "        {{- 'A: ' ~ text ~ '</s>\\n' -}}\n"
+    "    {%- else -%}\n"
+    "        {{- text ~ '\\n' -}}\n"
+    "    {%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}{{- 'A: ' -}}{%- endif -%}\n"
+)
+
+
+def char_tokenizer(image_token: str = IMAGE_TOKEN) -> Tokenizer:
+    """The character tokenizer: ids 0-2 special, 3-98 the characters in ``CHARACTERS`` order, 99 the image."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
+    for ch in CHARACTERS:
+        vocab[ch] = len(vocab)
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()  # characters are concatenated, not joined with spaces
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*SPECIAL, image_token)])
+    config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
+              "add_bos_token": False, "add_eos_token": False, "tokenizer_class": "LlamaTokenizerFast",
+              "extra_special_tokens": {"image_token": image_token}}
+    # Round-trip through JSON so the object is exactly what a saved checkpoint loads back.
+    return Tokenizer(tokenizers.Tokenizer.from_str(backend.to_str()), json.loads(json.dumps(config)),
+                     chat_template=CHAT_TEMPLATE)

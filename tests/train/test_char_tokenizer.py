@@ -1,0 +1,69 @@
+"""The character tokenizer of models trained from scratch (the nano demo model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zamba2vl.processing.image import ImageProcessor
+from zamba2vl.processing.processor import Processor
+from zamba2vl.processing.tokenizer import Tokenizer
+from zamba2vl.train.char_tokenizer import CHARACTERS, char_tokenizer
+from zamba2vl.train.encode import assistant_spans
+
+
+def test_ids_are_fixed():
+    tok = char_tokenizer()
+    assert len(tok) == 100 and len(CHARACTERS) == 96
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.image_token_id) == (0, 1, 2, 99)
+    assert tok.encode("a", add_special_tokens=False) == [3 + CHARACTERS.index("a")]
+    assert tok.encode(" ~\n", add_special_tokens=False) == [3, 97, 98]
+
+
+def test_every_character_round_trips():
+    tok = char_tokenizer()
+    text = "".join(CHARACTERS) + ' [{"bbox_2d": [1, 22, 333, 4], "label": "red circle"}]'
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) == len(text)  # one token per character
+    assert tok.decode(ids) == text
+    # Specials are single tokens; an unknown character becomes <unk>.
+    assert tok.encode("<image>x</s>", add_special_tokens=False) == [99, tok.encode("x", False)[0], 2]
+    assert tok.encode("é", add_special_tokens=False) == [0]
+
+
+def test_chat_template_and_assistant_spans():
+    tok = char_tokenizer()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "7"}]},
+                {"role": "user", "content": "And red?"}, {"role": "assistant", "content": "2"}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=False)
+    assert text == "Q: How many?\n<image>A: 7</s>\nQ: And red?\nA: 2</s>\n"
+    assert tok.apply_chat_template(messages[:1]) == "Q: How many?\n<image>A: "
+    processor = Processor(tok, ImageProcessor(), image_token=tok.image_token)
+    rendered, spans = assistant_spans(processor, messages)
+    assert [rendered[a:b] for a, b in spans] == ["7</s>\n", "2</s>\n"]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    tok = char_tokenizer()
+    tok.save_pretrained(tmp_path)
+    back = Tokenizer.from_pretrained(tmp_path)
+    text = "<image>Q: What word is written in the image?\nA: window</s>\n"
+    assert back.encode(text) == tok.encode(text)
+    assert back.chat_template == tok.chat_template
+    assert back.image_token_id == 99 and back.eos_token_id == 2
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+
+
+def test_run_config_selects_it():
+    from zamba2vl.errors import ConfigError
+    from zamba2vl.train.build import load_processor
+    from zamba2vl.train.config import ModelSection, TokenizerSection
+
+    processor = load_processor(ModelSection(), TokenizerSection(characters=True), 99, 100)
+    assert processor.tokenizer.image_token_id == 99 and len(processor.tokenizer) == 100
+    with pytest.raises(ConfigError, match="vocabulary has 64"):
+        load_processor(ModelSection(), TokenizerSection(characters=True), 99, 64)
+    with pytest.raises(ConfigError, match="not several"):
+        load_processor(ModelSection(), TokenizerSection(characters=True, path="x"), 99, 100)
