@@ -279,4 +279,12 @@ def load_model(model: ModelSection) -> Zamba2VL:
     d.setdefault("model_type", "zamba2_vl")
     d["text_config"] = {"model_type": "zamba2", **d.get("text_config", {})}
     d["vision_config"] = {"model_type": "qwen2_5_vl", **d.get("vision_config", {})}
-    return random_model(Zamba2VLConfig.from_dict(d), seed=model.init_seed)
+    vl = random_model(Zamba2VLConfig.from_dict(d), seed=model.init_seed)
+    if model.embedding_init_std is not None:
+        if model.embedding_init_std <= 0:
+            raise ConfigError(f"model.embedding_init_std must be > 0, got {model.embedding_init_std}")
+        weight = vl.language_model.model.embed_tokens.weight
+        generator = torch.Generator().manual_seed(model.init_seed + 7919)
+        with torch.no_grad():
+            weight.copy_(torch.randn(weight.shape, generator=generator) * model.embedding_init_std)
+    return vl

@@ -47,6 +47,10 @@ class ModelSection:
     image_token_index: int = 32000  # build from parts
     vocab_size: int | None = None  # build from parts: None keeps the text vocab, grown to hold the image token
     init_seed: int = 0  # random initialisation and the fresh merger output layer
+    # Random init only: the std of the input embeddings (default: the config's initializer_range). A model trained
+    # from scratch needs text embeddings on the scale of the merger's image features (norm ~ a few), or the
+    # language model learns to ignore the much larger image tokens; use with tie_word_embeddings: false.
+    embedding_init_std: float | None = None
 
     def kind(self) -> str:
         given = [k for k in ("path", "config") if getattr(self, k) is not None]
