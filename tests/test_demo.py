@@ -81,3 +81,20 @@ def test_demo_with_a_missing_model_says_what_to_do(tmp_path):
     out = _demo("--model", str(tmp_path / "nowhere"))
     assert out.returncode != 0
     assert "nowhere" in (out.stderr + out.stdout)
+
+
+def test_eval_of_the_shipped_model_on_the_synthetic_benchmark(tmp_path):
+    # Offline end to end: the shipped model, the synthetic benchmark at the model's own image size, a table.
+    out = subprocess.run([sys.executable, "-m", "zamba2vl.cli", "eval", "--model", "nano", "--bench", "synthetic",
+                          "--synthetic-rows", "12", "--out", str(tmp_path), "--no-progress"],
+                         capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                             "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "| Synthetic tasks | accuracy |" in out.stdout and "| 12 | 0 |" in out.stdout
+    assert "Synthetic tasks by category: " in out.stdout
+    result = json.loads((tmp_path / "summary.json").read_text())[0]
+    assert result["rows"] == 12 and "Overall" in result["metrics"]
+    assert set(result["metrics"]) - {"Overall"} <= set(synthetic.TASKS) and len(result["metrics"]) >= 3
+    assert 0.0 <= result["score"] <= 100.0 and result["score"] == result["metrics"]["Overall"]
+    predictions = [json.loads(line) for line in (tmp_path / "synthetic" / "predictions.jsonl").open()]
+    assert len(predictions) == 12

@@ -45,6 +45,9 @@ def build_results(bench: "Benchmark", settings: "RunSettings", config: "EvalConf
     return results
 
 
+MAX_CATEGORIES_SHOWN = 12
+
+
 def markdown_table(all_results: list[dict[str, Any]]) -> str:
     size = next((r["model_size"] for r in all_results if r.get("model_size")), None)
     head = f"Zyphra {size}" if size else "Zyphra (size unknown)"
@@ -60,6 +63,13 @@ def markdown_table(all_results: list[dict[str, Any]]) -> str:
         delta = "-" if (pub is None or score is None) else f"{score - pub['score']:+.2f}"
         lines.append(f"| {r['title']} | {r.get('metric') or '-'} | {score_txt} | {pub_txt} | {delta} | "
                      f"{r['rows']} | {r['corrupt']['count']} |")
+    # Per-category scores under the table, where a benchmark has a few (all of them are in the results JSON).
+    for r in all_results:
+        cats = {k: v for k, v in (r.get("metrics") or {}).items()
+                if k != r.get("primary") and isinstance(v, (int, float))}
+        if 0 < len(cats) <= MAX_CATEGORIES_SHOWN:
+            lines.append("")
+            lines.append(f"{r['title']} by category: " + ", ".join(f"{k} {v:.2f}" for k, v in cats.items()))
     return "\n".join(lines)
 
 
