@@ -68,3 +68,27 @@ def test_vision_linear_reexports_the_policy():
     from zamba2vl.vision import linear as vision_linear
 
     assert vision_linear.compute_dtype is compute_dtype and vision_linear.linear is linear
+
+
+def test_few_rows_use_the_weights_own_dtype(monkeypatch):
+    # Decode: a product of <= DECODE_ROWS rows with bf16 weights runs as a bf16 product (the weight read once,
+    # not upcast to a fp32 copy on every step); more rows upcast the weight and compute in fp32.
+    import torch.nn.functional as F
+
+    from zamba2vl.ops import precision
+
+    seen = []
+    real = F.linear
+    monkeypatch.setattr(precision.F, "linear", lambda x, w, b=None: seen.append((x.dtype, w.dtype)) or real(x, w, b))
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 32, generator=g).to(torch.bfloat16)
+    bias = torch.randn(64, generator=g).to(torch.bfloat16)
+    exact = lambda x: x.double() @ w.double().T + bias.double()  # noqa: E731
+    for rows, want in ((1, torch.bfloat16), (precision.DECODE_ROWS, torch.bfloat16),
+                       (precision.DECODE_ROWS + 1, torch.float32)):
+        seen.clear()
+        x = torch.randn(1, rows, 32, generator=g)
+        y = precision.linear(x, w, bias)
+        assert y.dtype == torch.float32 and seen == [(want, want)]
+        err = ((y.double() - exact(x)).norm() / exact(x).norm()).item()
+        assert err < (2e-2 if want == torch.bfloat16 else 1e-6), (rows, err)
