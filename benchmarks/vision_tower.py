@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from harness import cpu_model  # benchmarks/ is on sys.path when this script runs
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_VENV_PYTHON = REPO / ".bench-venv" / "bin" / "python"
@@ -63,16 +64,6 @@ def time_tower(run, sizes: list[int], repeats: int) -> tuple[dict, dict]:
                 print(f"  {side}x{side}: {times[side][-1]:.2f} s", file=sys.stderr, flush=True)
             outputs[side] = out.float()
     return times, outputs
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -218,7 +209,7 @@ def main() -> None:
     conditions = {
         "threads": args.threads,
         "dtype": args.dtype,
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "ours_gemm_dtype": str(compute_dtype(torch.zeros(1, dtype=dtype))).replace("torch.", ""),
         "torch": torch.__version__,
