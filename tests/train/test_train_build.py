@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import save_file
-from trainkit import IMAGE_TOKEN_ID, TINY_TEXT, TINY_VISION, one_thread, tokenizer_dirs
+from trainkit import IMAGE_TOKEN_ID, TINY_TEXT, TINY_VISION, one_thread, tiny_vl_config, tokenizer_dirs
 
 from zamba2vl.config import VisionConfig, Zamba2TextConfig
 from zamba2vl.errors import CheckpointError
@@ -88,11 +88,7 @@ def test_build_command_and_image_token_clash(parts, tmp_path, capsys):
 
 
 def test_random_model_is_reproducible_and_mamba_init_is_the_reference_one():
-    from zamba2vl.config import Zamba2VLConfig
-
-    config = Zamba2VLConfig.from_dict({"model_type": "zamba2_vl", "image_token_index": IMAGE_TOKEN_ID,
-                                       "text_config": {"model_type": "zamba2", **TINY_TEXT},
-                                       "vision_config": TINY_VISION})
+    config = tiny_vl_config()
     with one_thread():
         a, b = random_model(config, seed=0), random_model(config, seed=0)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -6,9 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
-from trainkit import IMAGE_TOKEN_ID, TINY_TEXT, TINY_VISION, one_thread, stage_config, write_config
+from trainkit import one_thread, stage_config, tiny_vl_config, write_config
 
-from zamba2vl.config import Zamba2VLConfig
 from zamba2vl.errors import ConfigError
 from zamba2vl.train.build import random_model
 from zamba2vl.train.config import config_from_dict, load_config
@@ -19,9 +18,7 @@ CONFIGS = Path(__file__).parents[2] / "configs" / "train"
 
 @pytest.fixture(scope="module")
 def model():
-    config = Zamba2VLConfig.from_dict({"model_type": "zamba2_vl", "image_token_index": IMAGE_TOKEN_ID,
-                                       "text_config": {"model_type": "zamba2", **TINY_TEXT},
-                                       "vision_config": TINY_VISION})
+    config = tiny_vl_config()
     with one_thread():
         return random_model(config)
 

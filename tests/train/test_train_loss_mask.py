@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from trainkit import IMAGE_TOKEN_ID, TINY_TEXT, TINY_VISION, one_thread, processor
+from trainkit import IMAGE_TOKEN_ID, one_thread, processor, tiny_vl_config
 
-from zamba2vl.config import Zamba2VLConfig
 from zamba2vl.train.build import random_model
 from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
 from zamba2vl.train.loss import CausalLMLoss, token_losses
@@ -21,9 +20,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def setup():
     proc = processor()
-    config = Zamba2VLConfig.from_dict({"model_type": "zamba2_vl", "image_token_index": IMAGE_TOKEN_ID,
-                                       "text_config": {"model_type": "zamba2", **TINY_TEXT},
-                                       "vision_config": TINY_VISION})
+    config = tiny_vl_config()
     model = random_model(config, seed=3).train()
     messages = [
         {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (56, 84), (200, 30, 30))},

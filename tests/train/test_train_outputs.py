@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from trainkit import IMAGE_TOKEN_ID, TINY_TEXT, TINY_VISION, one_thread, processor
+from trainkit import one_thread, processor, tiny_vl_config
 
-from zamba2vl.config import Zamba2VLConfig
 from zamba2vl.model import Zamba2VL
 from zamba2vl.train import synthetic
 from zamba2vl.train.build import random_model
@@ -24,9 +23,7 @@ from zamba2vl.train.plot import nice_ticks, plot_run, read_jsonl
 
 @pytest.fixture(scope="module")
 def model():
-    config = Zamba2VLConfig.from_dict({"model_type": "zamba2_vl", "image_token_index": IMAGE_TOKEN_ID,
-                                       "text_config": {"model_type": "zamba2", **TINY_TEXT},
-                                       "vision_config": TINY_VISION})
+    config = tiny_vl_config()
     with one_thread():
         return random_model(config, seed=7)
 

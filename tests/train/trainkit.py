@@ -28,6 +28,15 @@ TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=48, o
                    fullatt_block_indexes=[1], window_size=56, temporal_patch_size=1)
 
 
+def tiny_vl_config():
+    """The Zamba2VLConfig of TINY_TEXT + TINY_VISION with the Mistral <image> id (what random stage configs build)."""
+    from zamba2vl.config import Zamba2VLConfig
+
+    return Zamba2VLConfig.from_dict({"model_type": "zamba2_vl", "image_token_index": IMAGE_TOKEN_ID,
+                                     "text_config": {"model_type": "zamba2", **TINY_TEXT},
+                                     "vision_config": TINY_VISION})
+
+
 @functools.lru_cache(maxsize=1)
 def tokenizer_dirs() -> tuple[Path, Path]:
     """(Mistral v0.1 tokenizer folder, the same with <image> = 32000), built once per process (~1 s)."""
