@@ -86,6 +86,8 @@ def run_demo(args: argparse.Namespace) -> int:
           f"thread(s)), loaded in {vlm.load_seconds:.2f} s; {len(examples)} image(s)\n")
     from PIL import Image
 
+    from zamba2vl.train import synthetic
+
     right = known = 0
     times = []
     for ex in examples:
@@ -104,14 +106,11 @@ def run_demo(args: argparse.Namespace) -> int:
         times.append(dt)
         line = f"[{name}] {ex['question']}\n  answer: {answer}   ({dt * 1000:.0f} ms)"
         if ex.get("expected") is not None:
-            from zamba2vl.train import synthetic
-
-            task = ex.get("task")
-            ok = answer.strip() == ex["expected"]
-            if task in synthetic.TASKS and task == "grounding":
-                box = synthetic.parse_box(answer)
-                want = synthetic.parse_box(ex["expected"])
+            if ex.get("task") == "grounding":
+                box, want = synthetic.parse_box(answer), synthetic.parse_box(ex["expected"])
                 ok = box is not None and synthetic.box_iou(box, want) > 0.5
+            else:
+                ok = answer.strip() == ex["expected"]
             right += ok
             known += 1
             line += f"\n  expected: {ex['expected']}   {'right' if ok else 'WRONG'}"
