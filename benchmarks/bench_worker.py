@@ -332,9 +332,21 @@ def bandwidth(mib: int, min_s: float = 1.0) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- main
+def tune_cpu_allocator() -> None:
+    """zamba2vl.runtime.tune_cpu_allocator, also in the transformers venv (where zamba2vl is not installed)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "src" / "zamba2vl" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("_zamba2vl_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.tune_cpu_allocator()
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     reply = reply_to(protocol_channel())
+    tune_cpu_allocator()  # what `zamba2vl` commands do; every system's worker gets it, so the comparison is fair
     import torch
 
     torch.set_num_threads(spec["threads"])

@@ -20,6 +20,7 @@ from torch import nn
 
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.ops.norms import RMSNorm
+from zamba2vl.ops.attention import cached_attention, use_cached_attention
 from zamba2vl.ops.precision import compute_dtype, linear
 
 
@@ -90,6 +91,10 @@ class SharedAttention(nn.Module):
             k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.append_kv(layer_idx, k, v)  # stored in the model dtype
+            if use_cached_attention(q, k):  # decode over a low-precision cache: read it as stored
+                o = cached_attention(q, k, v, self.scale, attn_mask)
+                o = o.transpose(1, 2).reshape(b, L, self.n_heads * self.head_dim)
+                return linear(o, self.o_proj.weight, self.o_proj.bias).to(x.dtype)
             k, v = k.to(h.dtype), v.to(h.dtype)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv

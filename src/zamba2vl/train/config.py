@@ -88,6 +88,10 @@ class SourceSection:
     image_root: str | None = None  # jsonl: where relative image paths start (default: the file's folder)
     tasks: list[str] | None = None  # synthetic: default all of zamba2vl.train.synthetic.TASKS
     task_weights: list[float] | None = None
+    # synthetic: earlier task weights for the first examples of the stream, as [[until_example, [weights]], ...]
+    # with increasing until_example (example n uses the first phase with n < until_example, after the last
+    # phase task_weights). E.g. [[4800, [0, 0, 1, 0]]]: bar charts only for the first 4,800 examples.
+    curriculum: list | None = None
     seed: int = 0  # synthetic: the example stream (keep it different from eval.seed)
     image_size: int = 224
 

@@ -251,25 +251,54 @@ class JsonlSource:
 
 
 class SyntheticSource:
-    """The synthetic tasks as an endless source: record i is example i of the task mixture under ``seed``."""
+    """The synthetic tasks as an endless source: record i is example i of the task mixture under ``seed``.
+
+    ``curriculum`` ([[until_example, task_weights], ...], until_example increasing) gives other task weights to
+    the stream's first examples, e.g. the easiest task alone first; example i uses the first phase with
+    i < until_example, and ``task_weights`` after the last. The task of each example still comes from
+    ``(seed, i)`` alone, so a resumed run draws the same examples.
+    """
 
     def __init__(self, *, name: str | None = None, tasks=None, task_weights=None, seed: int = 0,
-                 image_size: int = 224):
+                 image_size: int = 224, curriculum=None):
         self.name = name or "synthetic"
         self.tasks = tuple(tasks or synthetic.TASKS)
         self.task_weights = task_weights
         self.seed, self.image_size = seed, image_size
-        next(self._examples(0))  # fail now on unknown tasks or bad weights
+        self.phases = _check_curriculum(curriculum, len(self.tasks), self.name)
+        for until, weights in self.phases:  # fail now on unknown tasks or bad weights
+            next(synthetic.generate(self.tasks, n=1, seed=seed, image_size=image_size, weights=weights))
+        next(self._examples(0))
+
+    def weights_at(self, i: int):
+        """The task weights example i is drawn with."""
+        return next((w for until, w in self.phases if i < until), self.task_weights)
 
     def _examples(self, i: int):
         return synthetic.generate(self.tasks, n=1, seed=self.seed, image_size=self.image_size,
-                                  weights=self.task_weights, start=i)
+                                  weights=self.weights_at(i), start=i)
 
     def messages(self, i: int) -> tuple[list[dict[str, Any]], str]:
         ex = next(self._examples(i))
         return example_messages(ex), f"{self.name}:{ex.id}"
 
     size = None  # endless
+
+
+def _check_curriculum(curriculum, n_tasks: int, name: str) -> list[tuple[int, list[float]]]:
+    if not curriculum:
+        return []
+    phases, last = [], 0
+    for k, phase in enumerate(curriculum):
+        ok = isinstance(phase, (list, tuple)) and len(phase) == 2 and isinstance(phase[0], int) \
+            and isinstance(phase[1], (list, tuple)) and len(phase[1]) == n_tasks
+        if not ok or phase[0] <= last:
+            raise DataError(f"{name}: curriculum[{k}]",
+                            f"expected [until_example, [one weight per task ({n_tasks})]] with until_example "
+                            f"increasing and > 0, got {phase!r}")
+        phases.append((int(phase[0]), [float(w) for w in phase[1]]))
+        last = phase[0]
+    return phases
 
 
 def example_messages(ex: synthetic.SyntheticExample, with_answer: bool = True) -> list[dict[str, Any]]:

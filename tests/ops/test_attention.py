@@ -1,0 +1,60 @@
+"""Decode attention over a low-precision KV cache (ops.attention) against SDPA on the same values in fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zamba2vl.ops.attention import MAX_QUERY_ROWS, cached_attention, use_cached_attention
+from zamba2vl.text.shared_block import attention_mask_for
+
+
+def _case(b=2, nq=8, nkv=2, L=1, S=37, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, nq, L, d, generator=g)
+    k = torch.randn(b, nkv, S, d, generator=g).bfloat16()
+    v = torch.randn(b, nkv, S, d, generator=g).bfloat16()
+    return q, k, v
+
+
+def _reference(q, k, v, scale, mask=None):
+    rep = q.shape[1] // k.shape[1]
+    kf, vf = k.float().repeat_interleave(rep, 1), v.float().repeat_interleave(rep, 1)
+    # The path rounds q and the probabilities to bf16 (what a native bf16 kernel does); so does the reference's q.
+    return F.scaled_dot_product_attention(q.bfloat16().float(), kf, vf, attn_mask=mask, scale=scale)
+
+
+@pytest.mark.parametrize("nq,nkv,L", [(4, 4, 1), (8, 2, 1), (8, 2, 3), (6, 1, 2)])
+def test_matches_sdpa_on_the_same_values(nq, nkv, L):
+    q, k, v = _case(nq=nq, nkv=nkv, L=L)
+    out = cached_attention(q, k, v, scale=0.3)
+    ref = _reference(q, k, v, 0.3)
+    assert out.shape == ref.shape and out.dtype == q.dtype
+    # Only the probabilities' rounding to bf16 (relative 2^-9) separates the two.
+    assert (out - ref).abs().max().item() < 1e-2
+    assert torch.allclose(out, ref, rtol=0, atol=1e-2)
+
+
+def test_padding_and_causal_masks_as_the_model_builds_them():
+    q, k, v = _case(b=2, L=2, S=9)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, :4] = False  # the second row is left-padded
+    mask = attention_mask_for(valid, q_len=2, past=7)  # [2, 1, 2, 9]
+    out = cached_attention(q, k, v, 0.25, mask)
+    ref = _reference(q, k, v, 0.25, mask)
+    assert (out - ref).abs().max().item() < 1e-2
+    # A masked key changes nothing: perturb the padded keys of row 1.
+    k2 = k.clone()
+    k2[1, :, :4] += 5
+    assert torch.equal(cached_attention(q, k2, v, 0.25, mask)[1], out[1])
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    assert torch.allclose(cached_attention(q, k, v, 0.25, additive), out, rtol=0, atol=1e-6)
+
+
+def test_taken_only_for_few_cpu_queries_over_a_lower_precision_cache():
+    q, k, _ = _case(L=1)
+    assert use_cached_attention(q, k)
+    assert not use_cached_attention(q, k.float())  # same precision: plain SDPA
+    assert not use_cached_attention(torch.zeros(2, 8, MAX_QUERY_ROWS + 1, 16), k)  # a prompt: SDPA
+    assert not use_cached_attention(q.bfloat16(), k)  # native bf16 compute: SDPA in bf16
