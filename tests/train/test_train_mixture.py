@@ -82,3 +82,26 @@ def test_rank_shards_put_together_are_the_single_process_batch(tmp_path):
             assert [len(mb) for mb in mine] == [1, 1]
             assert ids([e for mb in mine for e in mb]) == ids(by_length(drawn[2 * r : 2 * r + 2]))
     assert one.state_dict() == ranks[0].state_dict() == ranks[1].state_dict()
+
+
+def test_synthetic_curriculum_phases_pick_the_tasks_and_stay_deterministic():
+    tasks = ["counting", "bar_chart"]
+    src = SyntheticSource(tasks=tasks, task_weights=[1, 1], seed=3, image_size=56,
+                          curriculum=[[6, [0, 1]], [10, [1, 0]]])
+    names = [src.messages(i)[1].split(":")[1].rsplit("-", 2)[0] for i in range(16)]
+    assert names[:6] == ["bar_chart"] * 6 and names[6:10] == ["counting"] * 4
+    assert set(names[10:]) == {"counting", "bar_chart"}  # after the last phase: task_weights
+    # Each example depends only on (seed, index): drawn again out of order, the same.
+    again = SyntheticSource(tasks=tasks, task_weights=[1, 1], seed=3, image_size=56,
+                            curriculum=[[6, [0, 1]], [10, [1, 0]]])
+    for i in (12, 7, 2):
+        a, b = src.messages(i)[0], again.messages(i)[0]
+        assert a[1] == b[1] and a[0]["content"][0]["image"].tobytes() == b[0]["content"][0]["image"].tobytes()
+
+
+@pytest.mark.parametrize("bad", [[[0, [1, 1]]], [[5, [1, 1]], [5, [1, 0]]], [[5, [1]]], [["5", [1, 1]]], [5]])
+def test_synthetic_curriculum_errors_say_what_is_expected(bad):
+    from zamba2vl.train.sources import DataError
+
+    with pytest.raises(DataError, match=r"curriculum\[\d\].*until_example"):
+        SyntheticSource(tasks=["counting", "bar_chart"], seed=3, image_size=56, curriculum=bad)
