@@ -9,7 +9,7 @@ import torch
 from zamba_testkit import randomize_, tiny_text_dict
 
 from zamba2vl.config import Zamba2TextConfig
-from zamba2vl.errors import InputError
+from zamba2vl.errors import ConfigError, InputError
 from zamba2vl.generation import GenerationConfig, generate, generate_batch, left_pad, stream
 from zamba2vl.processing.tokenizer import Tokenizer
 from zamba2vl.sampling import (
@@ -323,3 +323,37 @@ def test_bad_requests_say_what_to_do(lm):
         generate(lm, [5, 6], config=GenerationConfig(stop_strings=["x"]))
     with pytest.raises(InputError, match="max_length"):
         generate(lm, [5] * 10, config=GenerationConfig(max_length=10))
+
+
+def test_auto_prefill_goes_in_pieces_only_for_long_prompts(lm, monkeypatch):
+    import zamba2vl.generation as gen
+
+    assert GenerationConfig().prefill_chunk_size == "auto"
+    assert gen.prefill_piece_size("auto", gen.AUTO_PREFILL_OVER) is None
+    assert gen.prefill_piece_size("auto", gen.AUTO_PREFILL_OVER + 1) == gen.AUTO_PREFILL_PIECE
+    assert gen.prefill_piece_size(None, 10**6) is None and gen.prefill_piece_size(0, 10**6) is None
+    assert gen.prefill_piece_size(512, 100) == 512
+    for bad in (-1, "half", 2.5, True):
+        with pytest.raises(ConfigError, match="prefill_chunk_size"):
+            GenerationConfig(prefill_chunk_size=bad)
+    # With the thresholds scaled down to this tiny model: a long prompt is fed in pieces, with the same tokens.
+    monkeypatch.setattr(gen, "AUTO_PREFILL_OVER", 8)
+    monkeypatch.setattr(gen, "AUTO_PREFILL_PIECE", 4)
+    lengths = []
+    real_forward = type(lm).forward
+
+    def spy(self, *args, **kwargs):
+        ids = kwargs.get("input_ids")
+        lengths.append(None if ids is None else ids.shape[1])
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(lm), "forward", spy)
+    long, short = prompt(11, seed=41), prompt(8, seed=42)
+    auto = generate(lm, long, config=GenerationConfig(max_new_tokens=3, **NO_EOS))
+    assert lengths[:3] == [4, 4, 3]  # pieces, then one token per decode step
+    lengths.clear()
+    whole = generate(lm, long, config=GenerationConfig(max_new_tokens=3, prefill_chunk_size=None, **NO_EOS))
+    assert lengths[0] == 11 and auto.token_ids == whole.token_ids
+    lengths.clear()
+    generate(lm, short, config=GenerationConfig(max_new_tokens=1, **NO_EOS))
+    assert lengths[0] == 8  # not over the threshold: at once

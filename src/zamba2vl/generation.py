@@ -39,7 +39,9 @@ class GenerationConfig:
     eos_token_ids: Sequence[int] | None = None  # None: the model's (and the tokenizer's) EOS ids; (): never stop on EOS
     suppress_token_ids: Sequence[int] = ()  # never generated; the model's image token is always added
     skip_special_tokens: bool = True  # when decoding the text
-    prefill_chunk_size: int | None = None  # prefill in pieces of this many tokens (bounded activation memory)
+    # Prefill in pieces of this many tokens (bounded activation memory, same result). "auto": prompts longer than
+    # AUTO_PREFILL_OVER tokens go in pieces of AUTO_PREFILL_PIECE; None or 0: always at once.
+    prefill_chunk_size: int | str | None = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str):
@@ -54,6 +56,9 @@ class GenerationConfig:
                 f"top_p={self.top_p} (in [0, 1]), repetition_penalty={self.repetition_penalty} (> 0)")
         if any(not s for s in self.stop_strings):
             raise ConfigError("stop_strings must not contain an empty string")
+        c = self.prefill_chunk_size
+        if not (c is None or c == "auto" or (isinstance(c, int) and not isinstance(c, bool) and c >= 0)):
+            raise ConfigError(f"prefill_chunk_size must be 'auto', None or a number of tokens >= 0, got {c!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "GenerationConfig":
@@ -158,11 +163,33 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 0) -> tuple[t
 # Prefill and decode
 
 
+# "auto" prefill: prompts longer than AUTO_PREFILL_OVER tokens go in pieces of AUTO_PREFILL_PIECE. Measured on the
+# 53M Zamba2 in bf16 on 2 AVX2 cores (peak RSS, 399 MiB of it the process before the prompt):
+#   32k tokens at once 112.5 s / 2806 MiB; in 8k pieces 112.0 s / 1862 MiB
+#   16k tokens at once  36.4 s / 1862 MiB; in 4k pieces  38.5 s / 1217 MiB
+# with the same logits (a piece's attention over the earlier pieces goes a block of queries at a time,
+# ops.attention.offset_causal_attention). Prompts up to 8k stay whole: one piece, nothing to save.
+AUTO_PREFILL_OVER = 8192
+AUTO_PREFILL_PIECE = 8192
+
+
+def prefill_piece_size(chunk_size: int | str | None, length: int) -> int | None:
+    """The piece size `prefill` uses for a prompt of `length` tokens (None: all at once)."""
+    if chunk_size == "auto":
+        return AUTO_PREFILL_PIECE if length > AUTO_PREFILL_OVER else None
+    return chunk_size or None
+
+
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache,
-            chunk_size: int | None = None, **prefill_inputs: Any) -> torch.Tensor:
+            chunk_size: int | str | None = None, **prefill_inputs: Any) -> torch.Tensor:
     """Run the prompt [b, L] into ``cache``; return the logits of its last position [b, V]. ``prefill_inputs``
-    (e.g. ``pixel_values``, ``image_grid_thw``) go to the model with the prompt."""
+    (e.g. ``pixel_values``, ``image_grid_thw``) go to the model with the prompt. ``chunk_size``: tokens per piece,
+    "auto" (see `prefill_piece_size`) or None (at once)."""
     L = input_ids.shape[1]
+    auto = chunk_size == "auto"
+    chunk_size = prefill_piece_size(chunk_size, L)
+    if auto and prefill_inputs and not hasattr(model, "embed_inputs"):
+        chunk_size = None
     if not chunk_size or chunk_size >= L:
         out = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
                     logits_to_keep=1, **prefill_inputs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zamba2vl.ops.attention import MAX_QUERY_ROWS, cached_attention, use_cached_attention
+from zamba2vl.ops.attention import MAX_QUERY_ROWS, cached_attention, offset_causal_attention, use_cached_attention
 from zamba2vl.text.shared_block import attention_mask_for
 
 
@@ -58,3 +58,14 @@ def test_taken_only_for_few_cpu_queries_over_a_lower_precision_cache():
     assert not use_cached_attention(q, k.float())  # same precision: plain SDPA
     assert not use_cached_attention(torch.zeros(2, 8, MAX_QUERY_ROWS + 1, 16), k)  # a prompt: SDPA
     assert not use_cached_attention(q.bfloat16(), k)  # native bf16 compute: SDPA in bf16
+
+
+@pytest.mark.parametrize("past,L,block", [(0, 7, 3), (5, 9, 4), (13, 4, 64), (16, 16, 16)])
+def test_offset_causal_in_blocks_equals_sdpa_with_the_full_mask(past, L, block):
+    g = torch.Generator().manual_seed(past * 100 + L)
+    q = torch.randn(2, 3, L, 8, generator=g)
+    k, v = torch.randn(2, 3, past + L, 8, generator=g), torch.randn(2, 3, past + L, 8, generator=g)
+    full = attention_mask_for(torch.ones(2, past + L, dtype=torch.bool), L, past)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=full, scale=0.4)
+    out = offset_causal_attention(q, k, v, 0.4, past, block=block)
+    assert (out - ref).abs().max().item() <= 1e-6

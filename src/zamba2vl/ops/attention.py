@@ -1,5 +1,6 @@
-"""Attention of a few new queries over a long low-precision KV cache (decode).
+"""Attention over a KV cache: a few new queries (decode), or a prompt piece after earlier pieces (chunked prefill).
 
+Decode. 
 ``F.scaled_dot_product_attention`` over a bf16 cache on a CPU without native bf16 either upcasts the whole cache
 to fp32 first (the precision policy's default: one read and a 2x-size write of every key and value per step) or
 runs its bf16 kernel, which on an AVX2 CPU reads the cache at ~3 GB/s. Decode reads the whole cache once per
@@ -10,7 +11,10 @@ the softmax in fp32, and grouped-query heads share their cache rows instead of r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
 # Decode attention takes this path when there are at most this many query rows per sequence.
 MAX_QUERY_ROWS = 4
@@ -52,10 +56,46 @@ def _product(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.mm(matrix, rows.t())
 
 
+@dataclass(frozen=True)
+class OffsetCausal:
+    """The mask of a prompt piece whose queries sit at positions past .. past+L-1 over past+L keys, no padding:
+    query i sees keys 0 .. past+i. Stands in for the [L, past+L] tensor, which SDPA would turn into a float mask
+    of 4 bytes per entry (measured: an 8k piece over a 32k prompt peaked higher than prefilling all at once)."""
+
+    past: int
+
+
+# Queries per block in `offset_causal_attention`: the block's mask is block x keys (bool, then float inside SDPA).
+OFFSET_CAUSAL_BLOCK = 1024
+
+
+def offset_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, past: int,
+                            block: int | None = None) -> torch.Tensor:
+    """SDPA of q [b, h, L, d] over k, v [b, h, past+L, d] under `OffsetCausal(past)`, a block of queries at a time.
+
+    Each block sees only the keys up to its last query (the later ones are cut off, not masked) and carries a
+    [block, keys] mask, so memory is bounded by the block, not by L x (past+L).
+    """
+    block = block or OFFSET_CAUSAL_BLOCK
+    L, T = q.shape[2], k.shape[2]
+    assert T == past + L, (T, past, L)
+    out = torch.empty_like(q)
+    kpos = torch.arange(T, device=q.device)
+    for s in range(0, L, block):
+        e = min(L, s + block)
+        visible = past + e
+        qpos = torch.arange(past + s, past + e, device=q.device)
+        mask = kpos[None, :visible] <= qpos[:, None]  # [e-s, visible]
+        out[:, :, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :visible], v[:, :, :visible],
+                                                        attn_mask=mask, scale=scale)
+    return out
+
+
 def use_cached_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether decode should take `cached_attention`: few queries over a cache stored in a lower precision."""
     return q.shape[2] <= MAX_QUERY_ROWS and k.dtype != q.dtype and k.dtype in (torch.bfloat16, torch.float16) \
         and q.device.type == "cpu"
 
 
-__all__ = ["MAX_QUERY_ROWS", "cached_attention", "use_cached_attention"]
+__all__ = ["MAX_QUERY_ROWS", "OFFSET_CAUSAL_BLOCK", "OffsetCausal", "cached_attention", "offset_causal_attention",
+           "use_cached_attention"]

@@ -24,6 +24,7 @@ from torch import nn
 from zamba2vl.cache import HybridCache
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.errors import InputError
+from zamba2vl.ops.attention import MAX_QUERY_ROWS, OffsetCausal
 from zamba2vl.ops.norms import RMSNorm
 from zamba2vl.ops.precision import linear_module
 from zamba2vl.text.mamba2 import MambaLayer
@@ -70,7 +71,9 @@ class Zamba2Model(nn.Module):
             key_valid = new_mask if new_mask is not None else None
         need_mask = (key_valid is not None and not bool(key_valid.all())) or (past > 0 and L > 1)
         attn_mask = None
-        if need_mask:
+        if past > 0 and L > MAX_QUERY_ROWS and not (key_valid is not None and not bool(key_valid.all())):
+            attn_mask = OffsetCausal(past)  # a prompt piece: masks built per block of queries, not L x (past + L)
+        elif need_mask:
             kv = key_valid if key_valid is not None else torch.ones(b, past + L, dtype=torch.bool, device=inputs_embeds.device)
             attn_mask = attention_mask_for(kv, L, past)
         rope = rope_cos_sin(positions, c.attention_head_dim, c.rope_theta, inputs_embeds.dtype) if c.use_mem_rope else None
