@@ -121,6 +121,31 @@ def test_cli_generate_prints_the_answer_and_timings(folder, tmp_path, capsys):
     assert "time to first token" in out.err and "decode" in out.err
 
 
+def test_cli_prefill_in_pieces_gives_the_same_answer(folder, tmp_path, capsys, monkeypatch):
+    import zamba2vl.generation as gen
+
+    img(90, 120, 8).save(tmp_path / "a.png")
+    args = ["generate", "--model", str(folder), "--dtype", "float32", "--image", str(tmp_path / "a.png"),
+            "--prompt", "What is it?", "--max-new-tokens", "6"]
+    pieces = []
+    real = gen.prefill
+
+    def spy(model, ids, mask, cache, chunk_size=None, **kw):
+        pieces.append(gen.prefill_piece_size(chunk_size, ids.shape[1]))
+        return real(model, ids, mask, cache, chunk_size, **kw)
+
+    monkeypatch.setattr(gen, "prefill", spy)
+    outs = []
+    for extra in ([], ["--prefill-chunk-size", "5"], ["--prefill-chunk-size", "0"]):
+        assert cli_main(args + extra) == 0
+        outs.append(capsys.readouterr().out)
+    assert pieces == [None, 5, None]  # auto leaves a short prompt whole; 5: pieces; 0: at once
+    assert outs[0] == outs[1] == outs[2] and outs[0].strip()
+    with pytest.raises(SystemExit):
+        cli_main(args + ["--prefill-chunk-size", "half"])
+    assert "expected auto or a number of tokens" in capsys.readouterr().err
+
+
 def test_cli_reports_user_errors_without_a_traceback(tmp_path, capsys):
     rc = cli_main(["generate", "--model", str(tmp_path), "--prompt", "x"])
     assert rc == 1 and "no config.json" in capsys.readouterr().err

@@ -25,12 +25,28 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-pixels", type=int, default=None, help="minimum pixels per image")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--verbose", action="store_true", help="print time to first token and prefill/decode speed")
+    p.add_argument("--prefill-chunk-size", type=_chunk_size, default="auto", metavar="auto|N",
+                   help="prefill the prompt in pieces of N tokens (bounded memory, same output); auto (default): "
+                        "pieces of 8192 for prompts over 8192 tokens; 0: all at once")
+
+
+def _chunk_size(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of tokens >= 0, got {text!r}")
+    return n
 
 
 def _gen_kwargs(args) -> dict:
     sample = args.temperature > 0
     return dict(max_new_tokens=args.max_new_tokens, do_sample=sample, temperature=args.temperature if sample else 1.0,
-                top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+                top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                prefill_chunk_size=getattr(args, "prefill_chunk_size", "auto"))
 
 
 def _load(args):
