@@ -69,11 +69,11 @@ class Zamba2Model(nn.Module):
             key_valid = cache.key_valid[:, : past + L]
         else:
             key_valid = new_mask if new_mask is not None else None
-        need_mask = (key_valid is not None and not bool(key_valid.all())) or (past > 0 and L > 1)
+        padded = key_valid is not None and not bool(key_valid.all())
         attn_mask = None
-        if past > 0 and L > MAX_QUERY_ROWS and not (key_valid is not None and not bool(key_valid.all())):
+        if past > 0 and L > MAX_QUERY_ROWS and not padded:
             attn_mask = OffsetCausal(past)  # a prompt piece: masks built per block of queries, not L x (past + L)
-        elif need_mask:
+        elif padded or (past > 0 and L > 1):
             kv = key_valid if key_valid is not None else torch.ones(b, past + L, dtype=torch.bool, device=inputs_embeds.device)
             attn_mask = attention_mask_for(kv, L, past)
         rope = rope_cos_sin(positions, c.attention_head_dim, c.rope_theta, inputs_embeds.dtype) if c.use_mem_rope else None

@@ -91,20 +91,20 @@ class SharedAttention(nn.Module):
             k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.append_kv(layer_idx, k, v)  # stored in the model dtype
-            if use_cached_attention(q, k):  # decode over a low-precision cache: read it as stored
-                o = cached_attention(q, k, v, self.scale, attn_mask)
-                o = o.transpose(1, 2).reshape(b, L, self.n_heads * self.head_dim)
-                return linear(o, self.o_proj.weight, self.o_proj.bias).to(x.dtype)
-            k, v = k.to(h.dtype), v.to(h.dtype)
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if attn_mask is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scale)
-        elif isinstance(attn_mask, OffsetCausal):  # a prompt piece after earlier ones, no padding
-            o = offset_causal_attention(q, k, v, self.scale, attn_mask.past)
+        if cache is not None and use_cached_attention(q, k):  # decode over a low-precision cache: read it as stored
+            o = cached_attention(q, k, v, self.scale, attn_mask)
         else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+            if cache is not None:
+                k, v = k.to(h.dtype), v.to(h.dtype)
+            if self.n_kv != self.n_heads:
+                rep = self.n_heads // self.n_kv
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            if attn_mask is None:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scale)
+            elif isinstance(attn_mask, OffsetCausal):  # a prompt piece after earlier ones, no padding
+                o = offset_causal_attention(q, k, v, self.scale, attn_mask.past)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
         o = o.transpose(1, 2).reshape(b, L, self.n_heads * self.head_dim)
         return linear(o, self.o_proj.weight, self.o_proj.bias).to(x.dtype)
 
