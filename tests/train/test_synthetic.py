@@ -127,6 +127,20 @@ def test_grounding():
         assert score("grounding", ex.answer, ex) == 1.0
 
 
+def test_grounding_box_format_changes_only_the_answer():
+    for i in range(20):
+        ex, bare = make_example("grounding", 3, i), make_example("grounding", 3, i, grounding_format="box")
+        x1, y1, x2, y2 = ex.meta["box"]
+        assert bare.answer == f"[{x1}, {y1}, {x2}, {y2}]"
+        assert (bare.question, bare.meta) == (ex.question, ex.meta)
+        assert bare.image.tobytes() == ex.image.tobytes()
+        assert score("grounding", bare.answer, ex) == 1.0
+    other = make_example("counting", 3, 0, grounding_format="box")  # other tasks: unchanged
+    assert other.answer == make_example("counting", 3, 0).answer
+    with pytest.raises(ValueError, match="grounding_format 'xml'.*json.*box"):
+        make_example("grounding", 3, 0, grounding_format="xml")
+
+
 def test_bar_chart():
     sizes = set()
     for i in range(N):

@@ -105,3 +105,14 @@ def test_synthetic_curriculum_errors_say_what_is_expected(bad):
 
     with pytest.raises(DataError, match=r"curriculum\[\d\].*until_example"):
         SyntheticSource(tasks=["counting", "bar_chart"], seed=3, image_size=56, curriculum=bad)
+
+
+def test_synthetic_source_grounding_format():
+    from zamba2vl.train.sources import DataError
+
+    src = SyntheticSource(tasks=["grounding"], seed=3, image_size=56, grounding_format="box")
+    messages, _ = src.messages(4)
+    box = synthetic.make_example("grounding", 3, 4, 56).meta["box"]
+    assert messages[1]["content"][0]["text"] == "[" + ", ".join(map(str, box)) + "]"
+    with pytest.raises(DataError, match="grounding_format.*'xml'"):
+        SyntheticSource(tasks=["grounding"], seed=3, image_size=56, grounding_format="xml")

@@ -94,6 +94,7 @@ class SourceSection:
     curriculum: list | None = None
     seed: int = 0  # synthetic: the example stream (keep it different from eval.seed)
     image_size: int = 224
+    grounding_format: str = "json"  # synthetic: "json" (Qwen2.5-VL's [{"bbox_2d": ..., "label": ...}]) or "box"
 
 
 @dataclass

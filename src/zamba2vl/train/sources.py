@@ -260,8 +260,12 @@ class SyntheticSource:
     """
 
     def __init__(self, *, name: str | None = None, tasks=None, task_weights=None, seed: int = 0,
-                 image_size: int = 224, curriculum=None):
+                 image_size: int = 224, curriculum=None, grounding_format: str = "json"):
         self.name = name or "synthetic"
+        if grounding_format not in synthetic.GROUNDING_FORMATS:
+            raise DataError(f"{name or 'synthetic'}: grounding_format",
+                            f"{grounding_format!r}; choose from {synthetic.GROUNDING_FORMATS}")
+        self.grounding_format = grounding_format
         self.tasks = tuple(tasks or synthetic.TASKS)
         self.task_weights = task_weights
         self.seed, self.image_size = seed, image_size
@@ -276,7 +280,7 @@ class SyntheticSource:
 
     def _examples(self, i: int):
         return synthetic.generate(self.tasks, n=1, seed=self.seed, image_size=self.image_size,
-                                  weights=self.weights_at(i), start=i)
+                                  weights=self.weights_at(i), start=i, grounding_format=self.grounding_format)
 
     def messages(self, i: int) -> tuple[list[dict[str, Any]], str]:
         ex = next(self._examples(i))

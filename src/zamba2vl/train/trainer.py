@@ -71,7 +71,8 @@ def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
                                        validate_images=d.validate_images, skips=skips, progress=d.progress))
         else:
             sources.append(SyntheticSource(name=s.name, tasks=s.tasks, task_weights=s.task_weights, seed=s.seed,
-                                           image_size=s.image_size, curriculum=s.curriculum))
+                                           image_size=s.image_size, curriculum=s.curriculum,
+                                           grounding_format=s.grounding_format))
     encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
     return Mixture(sources, [s.weight for s in d.sources], encoder, seed=config.seed, skips=skips,
                    max_image_tokens=d.max_image_tokens)
