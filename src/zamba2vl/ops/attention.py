@@ -1,12 +1,14 @@
 """Attention over a KV cache: a few new queries (decode), or a prompt piece after earlier pieces (chunked prefill).
 
-Decode. 
-``F.scaled_dot_product_attention`` over a bf16 cache on a CPU without native bf16 either upcasts the whole cache
-to fp32 first (the precision policy's default: one read and a 2x-size write of every key and value per step) or
-runs its bf16 kernel, which on an AVX2 CPU reads the cache at ~3 GB/s. Decode reads the whole cache once per
-step, so that is most of a long-context step. Here the two products are plain batched matrix-vector products
-on the cache as it is stored (``K @ q`` and ``V^T @ p`` per head, ~8-9 GB/s on the same CPU), the scores and
-the softmax in fp32, and grouped-query heads share their cache rows instead of repeating them.
+Decode (`cached_attention`): ``F.scaled_dot_product_attention`` over a bf16 cache on a CPU without native bf16
+either upcasts the whole cache to fp32 first (the precision policy's default: one read and a 2x-size write of every
+key and value per step) or runs its bf16 kernel, which on an AVX2 CPU reads the cache at ~3 GB/s. Decode reads the
+whole cache once per step, so that is most of a long-context step. Here the two products are plain batched matrix-
+vector products on the cache as it is stored (``K @ q`` and ``V^T @ p`` per head, ~8-9 GB/s on the same CPU), the
+scores and the softmax in fp32, and grouped-query heads share their cache rows instead of repeating them.
+
+Chunked prefill (`offset_causal_attention`): a prompt piece attends over the earlier pieces and itself a block of
+queries at a time, so the mask is never the full [L, past+L] (see `OffsetCausal`).
 """
 
 from __future__ import annotations
