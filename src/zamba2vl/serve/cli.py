@@ -85,6 +85,7 @@ def run_serve_from_args(args: argparse.Namespace) -> int:
     from zamba2vl.pipeline import load
     from zamba2vl.serve.app import create_app
     from zamba2vl.serve.logs import configure_logging, log
+    from zamba2vl.runtime import SERVE_ARENAS, SERVE_MMAP_THRESHOLD, tune_cpu_allocator
     from zamba2vl.serve.runner import bind_socket, is_loopback, uvicorn_config
 
     configure_logging(args.log_level)
@@ -98,6 +99,8 @@ def run_serve_from_args(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"zamba2vl serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 1
+    # Request states go back to the OS when freed, and all that is free when the worker idles (see runtime.py).
+    tune_cpu_allocator(SERVE_MMAP_THRESHOLD, arenas=SERVE_ARENAS)
     print(f"zamba2vl serve: loading {args.model} ...", file=sys.stderr, flush=True)
     dtype = None if args.dtype == "auto" and args.device != "cpu" else args.dtype
     vlm = load(args.model, dtype=dtype, device=args.device, max_length=args.max_length)

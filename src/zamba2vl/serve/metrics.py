@@ -136,10 +136,12 @@ class ServerMetrics:
         self.decode_steps = Counter(p + "decode_steps_total", "Batched decode steps run.")
         self.decode_seconds = Counter(p + "decode_seconds_total", "Time spent in decode steps (sampling included).")
         self.batch_size = Histogram(p + "decode_batch_size", "Rows in each decode step.", BATCH_BUCKETS)
+        self.give_backs = Counter(p + "memory_give_backs_total",
+                                  "Times the idle scheduler gave the memory freed by finished requests back to the OS.")
         self._all: list[_Metric] = [
             self.requests, self.prompt_tokens, self.completion_tokens, self.request_seconds, self.ttft_seconds,
             self.outcomes, self.prefill_tokens, self.prefill_seconds, self.decode_steps, self.decode_seconds,
-            self.batch_size,
+            self.batch_size, self.give_backs,
             Gauge(p + "requests_running", "Requests in the running batch.", running),
             Gauge(p + "requests_waiting", "Requests waiting for a batch slot (or being prepared).", waiting),
             Gauge("process_resident_memory_bytes", "Resident memory of the server process.", resident_memory_bytes),
@@ -157,6 +159,9 @@ class ServerMetrics:
 
     def scheduler_outcome(self, outcome: str) -> None:
         self.outcomes.inc(outcome=outcome)
+
+    def memory_given_back(self) -> None:
+        self.give_backs.inc()
 
     # Called by the app when a request ends.
     def observe_request(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0,

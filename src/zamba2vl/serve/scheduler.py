@@ -9,7 +9,8 @@ Each turn of the worker loop
      seeded row draws from its own generator; a row's logits equal its solo logits up to float rounding, so greedy
      rows pick the tokens they would pick alone unless two candidates tie to within that rounding),
   4. hands each row's text delta to its request, and removes the finished rows (``select``).
-Once idle for a moment after a burst, it hands the memory freed by the finished requests back to the OS.
+When it goes idle after requests ran, it hands the memory they freed back to the OS, and again after a moment idle
+(``zamba2vl.runtime.give_back_memory``).
 The model runs only on this thread (torch releases the GIL, so the event loop stays free); the worker talks to the
 event loop only through each job's ``sink``, which must be thread-safe (``loop.call_soon_threadsafe``).
 """
@@ -17,8 +18,6 @@ event loop only through each job's ``sink``, which must be thread-safe (``loop.c
 from __future__ import annotations
 
 import collections
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -30,11 +29,12 @@ import torch
 from zamba2vl.cache import HybridCache
 from zamba2vl.errors import Zamba2VLError
 from zamba2vl.generation import GenerationConfig, decode_one_token, model_token_info, prefill
+from zamba2vl.runtime import give_back_memory
 from zamba2vl.sampling import Sampler, TextTracker, tokens_through_stop
 from zamba2vl.serve.schemas import APIError
 
 log = logging.getLogger("zamba2vl.serve")
-_SETTLE_S = 0.5  # idle time after which the memory freed by finished requests is given back to the OS
+_SETTLE_S = 0.5  # idle this long after requests ran, the worker hands freed memory back a second time
 
 
 @dataclass
@@ -133,7 +133,8 @@ class Scheduler:
         self._reserved = 0  # slots handed out by reserve() whose job is not yet submitted
         self._rows: list[_Row] = []
         self._admitting = 0  # jobs taken from the queue whose prefill is under way
-        self._dirty = False  # requests ran since the worker was last idle
+        self._dirty = False  # requests ran since the worker last handed memory back
+        self._settling = False  # idle after requests ran: hand memory back once more if it stays idle
         # Final events (done, error) wait here until the batch no longer holds their row, so a client that has its
         # answer never sees its request still counted as running.
         self._outbox: list[tuple[Job, Event]] = []
@@ -193,16 +194,15 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not (self._stopping or self._waiting or self._rows):
-                        if not self._dirty:
-                            self._cv.wait()
-                        elif not self._cv.wait(timeout=_SETTLE_S):  # idle a moment after a burst: the
-                            _give_back_memory(self.device)  # connections are gone too; return the freed memory
-                            self._dirty = False
-                    if self._stopping:
+                    trim = self._wait_for_work()
+                    if self._stopping and not trim:
                         break
-                    expired = self._take_expired()
-                    admitted = self._take_admissions()
+                    if not trim:
+                        expired = self._take_expired()
+                        admitted = self._take_admissions()
+                if trim:  # outside the lock: a request arriving now is not held up by it
+                    self._give_back()
+                    continue
                 for job in expired:
                     job.emit(_timeout_event(job))
                     self._count("timeout")
@@ -214,6 +214,29 @@ class Scheduler:
                     self._step()
                     self._flush()
         self._shutdown()
+
+    def _idle(self) -> bool:
+        return not (self._stopping or self._waiting or self._rows)
+
+    def _wait_for_work(self) -> bool:
+        """Under the lock: wait until there is work or the server stops. Returns True instead when the memory freed
+        by the requests that ran should go back to the OS: as soon as the worker goes idle after them, and once more
+        when it has stayed idle for ``_SETTLE_S`` (by then the requests' connections are gone too)."""
+        if self._dirty and self._idle():
+            self._dirty, self._settling = False, True
+            return True
+        while self._idle():
+            if not self._settling:
+                self._cv.wait()
+            elif not self._cv.wait(timeout=_SETTLE_S) and self._idle():
+                self._settling = False
+                return True
+        return False
+
+    def _give_back(self) -> None:
+        give_back_memory(self.device)
+        if self.metrics is not None:
+            self.metrics.memory_given_back()
 
     def _take_expired(self) -> list[Job]:
         now = time.monotonic()
@@ -337,26 +360,6 @@ class Scheduler:
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.scheduler_outcome(outcome)
-
-
-def _load_libc():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
-
-
-def _give_back_memory(device: torch.device) -> None:
-    """Hand memory freed by finished requests back to the OS. glibc keeps freed heap pages for reuse, so after a
-    burst of requests the resident size would stay at the burst's peak; ``malloc_trim`` releases them."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _timeout_event(job: Job, tokens: int = 0) -> Event:
