@@ -107,3 +107,51 @@ def test_chunked_gradients_equal_sequential(chunk, L, groups, with_state):
             continue
         assert torch.isfinite(g).all(), name
         assert rel_err(g, g_ref) <= 1e-4, name  # measured <= 6e-7
+
+
+def _count_factored(monkeypatch):
+    from zamba2vl.ops import ssd
+
+    calls = []
+    real = ssd._ssd_tile_factored
+    monkeypatch.setattr(ssd, "_ssd_tile_factored", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("chunk, groups, with_state", [(16, 1, True), (37, 2, False), (64, 2, True), (64, 4, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_factored_tile_and_the_decay_matrix_tile_both_equal_sequential(monkeypatch, chunk, groups, with_state, dtype):
+    # Without autograd a tile takes the factored path when its chunks' decay range allows it, else the [Q x Q]
+    # decay-matrix path; both must give the recurrence. 531 tokens = 2 tiles of 16 chunks of 16 (+ a partial tile).
+    from zamba2vl.ops import ssd
+
+    x, dt, A, B, C, D, s0 = make_inputs(2, 531, 8, 8, groups, 16, seed=chunk + groups, with_state=with_state)
+    y_ref, s_ref = ssd_sequential(x, dt, A, B, C, D, s0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    calls = _count_factored(monkeypatch)
+    results = {}
+    for name, limit in (("factored", ssd.FACTORED_RANGE), ("matrix", -1.0)):
+        monkeypatch.setattr(ssd, "FACTORED_RANGE", limit)
+        n_before = len(calls)
+        y, s = ssd_chunked(x.to(dtype), dt, A, B.to(dtype), C.to(dtype), D, s0, chunk_size=chunk,
+                           compute_dtype=dtype)
+        assert (len(calls) > n_before) == (name == "factored")
+        assert y.dtype == dtype and s.dtype == torch.float32
+        assert rel_err(y.float(), y_ref) <= tol, name
+        assert rel_err(s, s_ref) <= tol, name
+        results[name] = y.float()
+    assert rel_err(results["factored"], results["matrix"]) <= tol
+
+
+def test_strong_decay_falls_back_to_the_decay_matrix_and_stays_exact(monkeypatch):
+    # dt * |A| ~ 3 a token: a 64-token chunk spans ~190 in the exponent, past what two fp32 factors can hold.
+    x, dt, A, B, C, D, s0 = make_inputs(1, 200, 4, 8, 1, 16, seed=9, with_state=True)
+    dt = dt + 3.0
+    calls = _count_factored(monkeypatch)
+    y_ref, s_ref = ssd_sequential(x, dt, A, B, C, D, s0)
+    y, s = ssd_chunked(x, dt, A, B, C, D, s0, chunk_size=64)
+    assert not calls
+    assert torch.isfinite(y).all() and rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    # chunks of 8 tokens span ~25: factored, and exact as well
+    y, s = ssd_chunked(x, dt, A, B, C, D, s0, chunk_size=8)
+    assert calls and rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from zamba2vl.ops.precision import matmul_dtype
+
 
 def causal_conv1d_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor | None = None
@@ -26,36 +28,26 @@ def causal_conv1d_reference(
 def causal_conv1d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise conv as K shifted multiply-adds on the channels-last input.
+    """Causal depthwise conv of the channels-last input, as torch's grouped ``conv2d`` over a [b, c, 1, L] view.
 
     ``state`` ([b, c, K], the last K inputs seen before ``x``) continues a previous call; None means zeros.
-    Returns (y [b, L, c] without activation, new state [b, c, K]).
+    Returns (y [b, L, c] contiguous, without activation; new state [b, c, K]). The input, with its K-1 steps of
+    history (or zeros) in front, is one [b, K-1+L, c] copy, and as [b, c, 1, K-1+L] it is a channels-last (NHWC)
+    image, the layout oneDNN's depthwise kernel works in: the output comes back channels-last too, i.e. [b, L, c]
+    contiguous, and each output is one fp32-accumulated dot product of K taps, rounded once. Measured at the 1.2B
+    shape (1024 tokens x 4352 channels, bf16, 2 threads, AVX512-BF16): 0.74 ms, against 16.4 ms for K shifted
+    multiply-adds (each rounded to bf16) and 6.8 ms for ``conv1d`` plus a transposed copy of its output.
     """
     b, L, c = x.shape
     K = weight.shape[-1]
     assert L >= 1
-    w = weight.to(x.dtype).t()  # [K, c]; tap k multiplies the input K-1-k steps back
     history = None if state is None else state[..., 1:].transpose(1, 2).to(x.dtype)  # [b, K-1, c]
-    # y_t = sum_k w_k x_{t-(K-1-k)} + bias, tap by tap in this order (as a padded copy would give it), with each
-    # shifted tap reading its first rows from the history instead of from a padded copy of x.
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, state))
-    for k in range(K):
-        s = K - 1 - k  # shift
-        m = min(s, L)  # rows that read the history
-        if k == 0:
-            if grad:  # out= does not record gradients
-                y[:, m:] = x[:, : L - m] * w[0]
-                y[:, :m] = 0 if history is None else history[:, :m] * w[0]
-            else:
-                torch.mul(x[:, : L - m], w[0], out=y[:, m:])
-                y[:, :m].zero_() if history is None else torch.mul(history[:, :m], w[0], out=y[:, :m])
-            continue
-        y[:, m:].addcmul_(x[:, : L - m], w[k])
-        if history is not None and m:
-            y[:, :m].addcmul_(history[:, K - 1 - s : K - 1 - s + m], w[k])
-    if bias is not None:
-        y.add_(bias.to(x.dtype))
+    xp = F.pad(x, (0, 0, K - 1, 0)) if history is None else torch.cat([history, x], dim=1)  # [b, K-1+L, c]
+    # Where this CPU lacks native bf16/fp16 kernels (ops.precision), oneDNN's would be emulated: run it in fp32.
+    cdt = matmul_dtype(x.dtype, x.device)
+    x4 = xp.to(cdt).transpose(1, 2)[:, :, None, :]  # [b, c, 1, K-1+L], channels-last strides
+    w = weight.to(cdt)[:, None, None, :]  # [c, 1, 1, K]
+    y = F.conv2d(x4, w, None if bias is None else bias.to(cdt), groups=c)[:, :, 0, :].transpose(1, 2).to(x.dtype)
     if L >= K:
         new_state = x[:, L - K :]
     else:

@@ -142,6 +142,8 @@ def _ssd_tile(x, dt, A, B, C, Df, S0, Q, cdt, out):
     # nearby positions, so the decay between them is as accurate as a direct sum over the segment would give it.
     dA = dtf.double() * A.double()  # [b, c*Q, h]
     Acum64 = dA.view(b, c, Q, h).permute(0, 3, 1, 2).cumsum(-1)  # [b, h, c, Q]
+    if inplace and (Acum64[..., 0] - Acum64[..., -1]).max().item() <= FACTORED_RANGE:
+        return _ssd_tile_factored(x, dtf, Acum64, B, C, Df, S0, Q, cdt, out)
     Acum = Acum64.float()
     Alo = (Acum64 - Acum.double()).float()
     dt_s = dtf.view(b, c, Q, h).permute(0, 3, 1, 2)  # [b, h, c, Q]
@@ -204,6 +206,79 @@ def _ssd_tile(x, dt, A, B, C, Df, S0, Q, cdt, out):
     else:
         torch.addcmul(yv, x, Df, out=out)  # y + D x, summed in fp32
     return out, S_out
+
+
+# Largest decay exponent within one chunk (sum of |dt A| over its tokens) for which ``_ssd_tile_factored`` is used:
+# its two exponential factors are then within e^(+-FACTORED_RANGE/2) = e^(+-60), far inside fp32 and bf16 range.
+FACTORED_RANGE = 120.0
+
+
+def _ssd_tile_factored(x, dtf, Acum64, B, C, Df, S0, Q, cdt, out):
+    """``_ssd_tile`` without autograd, with the within-chunk decay factored out of the [Q x Q] matrix.
+
+    exp(Acum_q - Acum_s) = exp(Acum_q - m) * exp(m - Acum_s), with m the middle of the chunk's exponent range.
+    The second factor (and dt) scales the inputs once, x''_s = exp(m - Acum_s) dt_s x_s; the first scales the
+    outputs once. Between them stay plain products with matrices that heads of a group share:
+
+        y_q = exp(Acum_q - m) * (sum_{s<=q} (C_q . B_s) x''_s  +  C_q . (exp(m) S_in))     chunk state += B^T x''
+
+    so no [heads x Q x Q] decay matrix is built or exponentiated, and every product is batched over (chunk,
+    group) with the heads of the group side by side in its columns ([Q, heads_per_group * p]): for one group this
+    is the input's own [tokens, heads, p] layout, read and written without transposes. The states entering the
+    chunks follow by the chunk-to-chunk recurrence in fp32. Inputs as ``_ssd_tile`` gets them (x, B, C padded to
+    whole chunks, dt as dtf in fp32); ``out`` [b, T, h, p] receives y + D x.
+    """
+    b, Tp, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    r, c, T = h // g, Tp // Q, out.shape[1]
+    m = 0.5 * (Acum64[..., :1] + Acum64[..., -1:])  # [b, h, c, 1]
+    rel = (Acum64 - m).float()  # [b, h, c, Q], within +-FACTORED_RANGE / 2
+
+    def by_token(t):  # [b, h, c, Q] -> broadcastable against [b, c, g, Q, r, p]
+        return t.view(b, g, r, c, Q).permute(0, 3, 1, 4, 2)[..., None]
+
+    # Each elementwise pass below has operands of one dtype: mixed ones make torch compute into a temporary of
+    # the common dtype and copy it over, a second pass.
+    dt_s = dtf.view(b, c, Q, h).permute(0, 3, 1, 2)  # [b, h, c, Q]
+    xc = x if x.dtype == cdt else x.to(cdt)
+    x2 = torch.empty(b, c, g, Q, r, p, dtype=cdt, device=x.device)
+    torch.mul(xc.view(b, c, Q, g, r, p).transpose(2, 3), by_token(torch.exp(-rel).mul_(dt_s).to(cdt)), out=x2)
+    Bg = B.view(b, c, Q, g, n).transpose(2, 3).to(cdt).reshape(b * c * g, Q, n)
+    Cg = C.view(b, c, Q, g, n).transpose(2, 3).to(cdt).reshape(b * c * g, Q, n)
+    x2 = x2.view(b * c * g, Q, r * p)
+
+    y2 = torch.bmm(torch.bmm(Cg, Bg.transpose(1, 2)).tril_(), x2)  # [bcg, Q, r*p]
+    cs = torch.bmm(Bg.transpose(1, 2), x2).view(b, c, g, n, r, p)  # what each chunk adds, times exp(m - Acum_end)
+
+    def by_chunk(t):  # [b, h, c] -> [b, c, g, 1, r, 1]
+        return t.view(b, g, r, c).permute(0, 3, 1, 2)[:, :, :, None, :, None]
+
+    end = by_chunk(torch.exp(rel[..., -1]))  # exp(Acum_end - m)
+    decay = by_chunk(torch.exp(Acum64[..., -1]).float())
+    S = S0.view(b, g, r, p, n).permute(0, 1, 4, 2, 3).contiguous()  # [b, g, n, r, p], fp32
+    Sin = torch.empty(b, c, g, n, r, p, dtype=cdt, device=x.device)
+    cs = cs.float()
+    for j in range(c):  # the state entering chunk j, then the state leaving it, in fp32
+        Sin[:, j].copy_(S)
+        S.mul_(decay[:, j]).addcmul_(cs[:, j], end[:, j])
+    # The entering state's term, exp(Acum_q) C_q . S_in, gets its own scale: exp(Acum_q) <= 1, and where it
+    # underflows the term is below fp32's resolution anyway.
+    inter = torch.bmm(Cg, Sin.view(b * c * g, n, r * p)).view(b, c, g, Q, r, p)
+    scale = by_token(torch.exp(rel).to(cdt))  # [b, c, g, Q, r, 1]
+    scale_in = by_token(torch.exp(Acum64.float().clamp_(min=-_EXP_CLAMP)).to(cdt))
+    y6 = y2.view(b, c, g, Q, r, p)
+    if T == Tp and out.dtype == cdt:
+        o6 = out.view(b, c, Q, g, r, p).transpose(2, 3)
+    else:
+        full = torch.empty(b, c, Q, g, r, p, dtype=cdt, device=x.device)
+        o6 = full.transpose(2, 3)
+    torch.mul(y6, scale, out=o6)
+    o6.addcmul_(inter, scale_in)
+    if not (T == Tp and out.dtype == cdt):
+        out.copy_(full.view(b, Tp, h, p)[:, :T])
+    if Df is not None:
+        out.addcmul_(x[:, :T], Df.to(out.dtype))
+    return out, S.permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
 
 
 def ssd_step(
