@@ -14,7 +14,7 @@ from zamba_testkit import TINY_TEXT, randomize_, tiny_text_dict
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.ops import precision
 from zamba2vl.text.model import Zamba2LM
-from zamba2vl.text.shared_block import SharedTransformerBlock, rope_cos_sin, rotate_half
+from zamba2vl.text.shared_block import SharedTransformerBlock, apply_rope, rope_cos_sin, rotate_half
 
 
 def rel_err(a, b):
@@ -53,8 +53,9 @@ def plain_forward(block, config, x, original, positions, dtype):
         q, k, v = (t.view(b, L, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
         if config.use_mem_rope:
             cos, sin = rope_cos_sin(positions, config.attention_head_dim, config.rope_theta, dtype)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            # RoPE as the block computes it (two fused passes; equal to the rotate_half formula to rounding, see
+            # test_rope_in_place_halves_equals_the_rotate_half_formula)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scale)
         h = attn.o_proj(o.transpose(1, 2).reshape(b, L, -1))
         h = block.pre_ff_layernorm(h)
@@ -163,3 +164,23 @@ def test_bf16_lm_with_fp32_routing_is_close_to_fp32_lm(name):
     assert rel_err(out.logits, ref.logits) <= 5e-2
     assert (out.logits.float() - ref.logits).abs().max().item() <= 0.4
     assert rel_err(torch.cat(steps, 1), torch.cat(ref_steps, 1)) <= 5e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_in_place_halves_equals_the_rotate_half_formula(dtype):
+    from zamba2vl.text.shared_block import apply_rope, rope_cos_sin, rotate_half
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 37, 3, 16, generator=g).to(dtype).transpose(1, 2)  # [b, n, L, d] view, as attention has it
+    cos, sin = rope_cos_sin(torch.arange(37)[None].expand(2, -1) + 5, 16, 10000.0, dtype)
+    want = x.double() * cos.double() + rotate_half(x.double()) * sin.double()
+    with torch.no_grad():
+        got = apply_rope(x, cos, sin)
+    assert got.shape == x.shape and got.dtype == dtype
+    assert got.transpose(1, 2).is_contiguous()
+    tol = 1e-6 if dtype == torch.float32 else 2 * 2.0**-8  # bf16: two roundings of values of size <= ~|x|
+    assert ((got.double() - want).abs() <= tol * (x.double().abs().amax(-1, keepdim=True) + 1)).all()
+    # with autograd it is the plain formula, with gradients
+    xg = x.float().clone().requires_grad_(True)
+    apply_rope(xg, cos.float(), sin.float()).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape

@@ -47,6 +47,24 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` for x [b, n, L, d] (a transposed view of [b, L, n, d] projections).
+
+    Without autograd each half of the result is one product and one fused multiply-add written in place, two
+    passes over x instead of five (negate, concatenate, two products, a sum), into a [b, L, n, d] buffer so the
+    attention kernel sees the layout it saw before. With autograd, or mixed dtypes, the plain formula.
+    """
+    if (torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad)) or cos.dtype != x.dtype:
+        return x * cos + rotate_half(x) * sin
+    b, n, L, d = x.shape
+    h = d // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    out = torch.empty(b, L, n, d, dtype=x.dtype, device=x.device).transpose(1, 2)
+    torch.mul(x1, cos[..., :h], out=out[..., :h]).addcmul_(x2, sin[..., :h], value=-1)
+    torch.mul(x2, cos[..., h:], out=out[..., h:]).addcmul_(x1, sin[..., h:])
+    return out
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """positions [b, L] -> cos, sin [b, 1, L, head_dim]; computed in fp32 and cast to the activation dtype."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
@@ -87,8 +105,7 @@ class SharedAttention(nn.Module):
         v = v.view(b, L, self.n_kv, self.head_dim).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append_kv(layer_idx, k, v)  # stored in the model dtype
         if cache is not None and use_cached_attention(q, k):  # decode over a low-precision cache: read it as stored
