@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -169,13 +170,20 @@ class Runner:
 
         self.decode_free()
         t = time.perf_counter()
+        if self.ours and not hasattr(self, "packed_bytes"):
+            # zamba2vl.load() packs the weights for decode where oneDNN's bf16 path is native (ops/packed.py);
+            # ZAMBA2VL_PACKED_DECODE=0 measures the plain F.linear products instead.
+            from zamba2vl.ops.packed import pack_for_decode
+
+            self.packed_bytes = pack_for_decode(self.model) if os.environ.get("ZAMBA2VL_PACKED_DECODE") != "0" else 0
         with torch.inference_mode():
             if self.ours:
                 self.cache, nbytes = self._ours_cache(context, fill, extra)
             else:
                 self.cache, nbytes = self._hf_cache(context, fill)
         self.token = prompt_ids(1, self.vocab)[0]  # [1]
-        return dict(setup_s=time.perf_counter() - t, cache_bytes=nbytes, rss_bytes=rss_now_bytes())
+        return dict(setup_s=time.perf_counter() - t, cache_bytes=nbytes, rss_bytes=rss_now_bytes(),
+                    packed_weight_bytes=getattr(self, "packed_bytes", 0))
 
     def _ours_cache(self, context: int, fill: str, extra: int):
         import torch

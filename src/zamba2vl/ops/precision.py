@@ -25,6 +25,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from zamba2vl.ops.packed import decode_linear
+
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 # Products with at most this many input rows (decode steps of small batches) run in the weights' own dtype.
@@ -76,7 +78,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         # write twice its size in fp32 on every step (measured: 36x the memory-traffic floor at the 1.2B shape).
         # The low-precision kernel reads the weight once, so use it, with the input rounded to the weight's dtype.
         b = None if bias is None else bias.to(weight.dtype)
-        return F.linear(x.to(weight.dtype), weight, b).to(x.dtype)
+        return decode_linear(x.to(weight.dtype), weight, b).to(x.dtype)
+    if weight.dtype == x.dtype and x.numel() <= DECODE_ROWS * x.shape[-1]:
+        return decode_linear(x, weight, bias)
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
@@ -87,6 +91,8 @@ def linear_module(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
     """
     cdt = compute_dtype(layer.weight)
     if cdt == layer.weight.dtype:
+        if x.dtype == cdt and x.numel() <= DECODE_ROWS * x.shape[-1]:
+            return decode_linear(x, layer.weight, layer.bias)
         return layer(x)
     return linear(x.to(cdt), layer.weight, layer.bias).to(x.dtype)
 

@@ -26,7 +26,7 @@ from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.errors import InputError
 from zamba2vl.ops.attention import MAX_QUERY_ROWS, OffsetCausal
 from zamba2vl.ops.norms import RMSNorm
-from zamba2vl.ops.precision import linear_module
+from zamba2vl.ops.precision import linear, linear_module
 from zamba2vl.text.mamba2 import MambaLayer
 from zamba2vl.text.shared_block import SharedTransformerBlock, attention_mask_for, rope_cos_sin
 
@@ -189,7 +189,7 @@ class Zamba2LM(nn.Module):
         hidden = self.model(inputs_embeds, cache, new_mask, position_ids)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = F.linear(hidden, self.output_weight)
+        logits = linear(hidden, self.output_weight)  # few rows (decode): through a packed copy if there is one
         return LMOutput(logits=logits, cache=cache, hidden_states=hidden if return_hidden else None)
 
     # -------------------------------------------------------------------------------------------- loading
