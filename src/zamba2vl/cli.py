@@ -15,9 +15,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights and activations dtype (auto: bfloat16 where the CPU has native bf16 matmuls, "
                         "else float32 if it fits in memory; the checkpoint's dtype on GPU)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--packed-decode", default="auto", choices=["auto", "on", "off"],
-                   help="keep a copy of the bf16 language-model weights in oneDNN's layout for faster decode on "
-                        "CPUs with native bf16 (auto, the default: when it fits in a quarter of the free memory)")
+    p.add_argument("--packed-decode", default="off", choices=["auto", "on", "off"],
+                   help="keep a second copy of the bf16 language-model weights in oneDNN's layout: ~1.6x faster "
+                        "decode products on CPUs with native bf16, for the weights' memory once more (off by "
+                        "default; auto: on when the copy fits in a quarter of the free memory)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature > 0)")
@@ -57,7 +58,7 @@ def _load(args):
 
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    packed = {"auto": "auto", "on": True, "off": False}[getattr(args, "packed_decode", "auto")]
+    packed = {"auto": "auto", "on": True, "off": False}[getattr(args, "packed_decode", "off")]
     vlm = load(args.model, dtype=args.dtype, device=args.device, packed_decode=packed)
     n = sum(p.numel() for p in vlm.model.parameters())
     print(f"loaded {n / 1e6:.1f}M parameters ({vlm.model.dtype}) in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)

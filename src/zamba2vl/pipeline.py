@@ -199,13 +199,15 @@ def auto_dtype(folder, device: str) -> torch.dtype | None:
 
 
 def load(path: str | os.PathLike, *, dtype: torch.dtype | str | None = "auto", device: str = "cpu",
-         max_length: int | None = None, packed_decode: bool | str = "auto", **overrides: Any) -> VLM:
+         max_length: int | None = None, packed_decode: bool | str = False, **overrides: Any) -> VLM:
     """Load model, processor and generation config from a checkpoint folder or Hub id.
 
     ``dtype="auto"`` picks what runs fastest on this machine within its memory (see ``auto_dtype``).
     ``packed_decode``: keep a second copy of the bf16 weights in oneDNN's blocked layout for the decode products
-    (``zamba2vl.ops.packed``: ~1.8x the GEMV speed on an AVX512-BF16 CPU). "auto" does so on CPUs with native
-    bf16 when the copy takes at most a quarter of the available memory; True/False force it on or off.
+    (``zamba2vl.ops.packed``: ~1.6x the GEMV speed on an AVX512-BF16 CPU) at the cost of the language model's
+    weight bytes once more. Off by default, so that loading stays within 1.5x the checkpoint's size; True packs
+    (on CPUs with native bf16; elsewhere nothing is packed); "auto" packs when the copy fits in a quarter of the
+    available memory.
     """
     from zamba2vl.checkpoint import resolve_model_dir
 

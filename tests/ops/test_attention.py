@@ -25,8 +25,13 @@ def _reference(q, k, v, scale, mask=None):
     return F.scaled_dot_product_attention(q.bfloat16().float(), kf, vf, attn_mask=mask, scale=scale)
 
 
+@pytest.mark.parametrize("row_major", [True, False])
 @pytest.mark.parametrize("nq,nkv,L", [(4, 4, 1), (8, 2, 1), (8, 2, 3), (6, 1, 2)])
-def test_matches_sdpa_on_the_same_values(nq, nkv, L):
+def test_matches_sdpa_on_the_same_values(nq, nkv, L, row_major, monkeypatch):
+    # both product orders: F.linear / p @ V (CPUs with native bf16) and matrix-vector products (others)
+    from zamba2vl.ops import attention
+
+    monkeypatch.setattr(attention, "_row_major_products", lambda k: row_major)
     q, k, v = _case(nq=nq, nkv=nkv, L=L)
     out = cached_attention(q, k, v, scale=0.3)
     ref = _reference(q, k, v, 0.3)
@@ -57,7 +62,8 @@ def test_taken_only_for_few_cpu_queries_over_a_lower_precision_cache():
     assert use_cached_attention(q, k)
     assert not use_cached_attention(q, k.float())  # same precision: plain SDPA
     assert not use_cached_attention(torch.zeros(2, 8, MAX_QUERY_ROWS + 1, 16), k)  # a prompt: SDPA
-    assert not use_cached_attention(q.bfloat16(), k)  # native bf16 compute: SDPA in bf16
+    assert use_cached_attention(q.bfloat16(), k)  # native bf16 compute too: SDPA's bf16 kernel reads slower
+    assert not use_cached_attention(q.float(), k.float())  # fp32 cache: SDPA
 
 
 @pytest.mark.parametrize("past,L,block", [(0, 7, 3), (5, 9, 4), (13, 4, 64), (16, 16, 16)])
