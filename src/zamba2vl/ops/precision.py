@@ -71,7 +71,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     The conversion happens on every call: a cached fp32 copy would double the memory of a bf16 model, and the
     upcast is one memory-bound pass over the weight, small next to the product on any prompt of more than a few
-    tokens. Where the dtypes agree (fp32, or native low precision) this is exactly ``F.linear(x, weight, bias)``.
+    tokens. Where the dtypes agree (fp32, or native low precision) this is exactly ``F.linear(x, weight, bias)``,
+    except that products of at most ``DECODE_ROWS`` rows use the weight's oneDNN-packed copy when
+    ``ops.packed.pack_for_decode`` made one (the same bf16 products, summed in another order).
     """
     if weight.dtype != x.dtype and weight.dtype in LOW_PRECISION and x.numel() <= DECODE_ROWS * x.shape[-1]:
         # A few rows (decode): the product is memory-bound, and upcasting the whole weight would read it and
