@@ -171,7 +171,7 @@ class Runner:
         self.decode_free()
         t = time.perf_counter()
         if self.ours and not hasattr(self, "packed_bytes"):
-            # zamba2vl.load() packs the weights for decode where oneDNN's bf16 path is native (ops/packed.py);
+            # What zamba2vl.load(packed_decode=True) does (ops/packed.py; nothing where bf16 is not native);
             # ZAMBA2VL_PACKED_DECODE=0 measures the plain F.linear products instead.
             from zamba2vl.ops.packed import pack_for_decode
 

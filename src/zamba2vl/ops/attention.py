@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from zamba2vl.ops.precision import cpu_has_native_gemm
+
 # Decode attention takes this path when there are at most this many query rows per sequence.
 MAX_QUERY_ROWS = 4
 
@@ -38,7 +40,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     # One 2-D product per (sequence, KV head): each head's rows of the cache are contiguous even when the cache
     # is a prefix of a larger preallocated buffer, where a batched product over heads falls into a slow
     # strided path (measured 1 GB/s against ~9 GB/s for V^T p at 32k on an AVX2 CPU).
-    if _row_major_products(k):
+    row_major = _row_major_products(k)
+    if row_major:
         # On CPUs with native bf16 GEMMs, ``F.linear(q, K)`` and ``p @ V`` read the cache fastest (measured, 32
         # heads x 32k x 128 bf16, 2 threads, AVX512-BF16 EPYC: 13.3 and 17.5 GB/s, against 9.8 and 7.4 for the
         # matrix-vector products below, 2.0 and 6.5 for batched products over heads).
@@ -54,7 +57,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         else:
             scores = scores + m.float()
     p = torch.softmax(scores, dim=-1).reshape(b, nkv, rep * L, S).to(v.dtype)
-    if _row_major_products(k):
+    if row_major:
         o = torch.stack([torch.mm(p[i, g], v[i, g]) for i in range(b) for g in range(nkv)])  # [b*nkv, r, d]
         return o.view(b, nq, L, d).to(q.dtype)
     o = torch.stack([_product(v[i, g].t(), p[i, g]) for i in range(b) for g in range(nkv)])  # [b*nkv, d, r]
@@ -62,8 +65,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 
 def _row_major_products(k: torch.Tensor) -> bool:
-    from zamba2vl.ops.precision import cpu_has_native_gemm
-
+    """Whether ``cached_attention`` multiplies as ``F.linear(q, K)`` / ``p @ V`` (CPUs with native GEMMs for k's dtype)."""
     return k.device.type == "cpu" and cpu_has_native_gemm(k.dtype)
 
 

@@ -75,13 +75,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     except that products of at most ``DECODE_ROWS`` rows use the weight's oneDNN-packed copy when
     ``ops.packed.pack_for_decode`` made one (the same bf16 products, summed in another order).
     """
-    if weight.dtype != x.dtype and weight.dtype in LOW_PRECISION and x.numel() <= DECODE_ROWS * x.shape[-1]:
+    few_rows = x.numel() <= DECODE_ROWS * x.shape[-1]
+    if weight.dtype != x.dtype and weight.dtype in LOW_PRECISION and few_rows:
         # A few rows (decode): the product is memory-bound, and upcasting the whole weight would read it and
         # write twice its size in fp32 on every step (measured: 36x the memory-traffic floor at the 1.2B shape).
         # The low-precision kernel reads the weight once, so use it, with the input rounded to the weight's dtype.
         b = None if bias is None else bias.to(weight.dtype)
         return decode_linear(x.to(weight.dtype), weight, b).to(x.dtype)
-    if weight.dtype == x.dtype and x.numel() <= DECODE_ROWS * x.shape[-1]:
+    if weight.dtype == x.dtype and few_rows:
         return decode_linear(x, weight, bias)
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
@@ -93,9 +94,7 @@ def linear_module(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
     """
     cdt = compute_dtype(layer.weight)
     if cdt == layer.weight.dtype:
-        if x.dtype == cdt and x.numel() <= DECODE_ROWS * x.shape[-1]:
-            return decode_linear(x, layer.weight, layer.bias)
-        return layer(x)
+        return linear(x, layer.weight, layer.bias) if x.dtype == cdt else layer(x)
     return linear(x.to(cdt), layer.weight, layer.bias).to(x.dtype)
 
 

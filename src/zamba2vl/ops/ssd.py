@@ -267,14 +267,15 @@ def _ssd_tile_factored(x, dtf, Acum64, B, C, Df, S0, Q, cdt, out):
     scale = by_token(torch.exp(rel).to(cdt))  # [b, c, g, Q, r, 1]
     scale_in = by_token(torch.exp(Acum64.float().clamp_(min=-_EXP_CLAMP)).to(cdt))
     y6 = y2.view(b, c, g, Q, r, p)
-    if T == Tp and out.dtype == cdt:
+    direct = T == Tp and out.dtype == cdt  # write into out as it is, else through a padded buffer
+    if direct:
         o6 = out.view(b, c, Q, g, r, p).transpose(2, 3)
     else:
         full = torch.empty(b, c, Q, g, r, p, dtype=cdt, device=x.device)
         o6 = full.transpose(2, 3)
     torch.mul(y6, scale, out=o6)
     o6.addcmul_(inter, scale_in)
-    if not (T == Tp and out.dtype == cdt):
+    if not direct:
         out.copy_(full.view(b, Tp, h, p)[:, :T])
     if Df is not None:
         out.addcmul_(x[:, :T], Df.to(out.dtype))
