@@ -71,3 +71,29 @@ def test_a_packed_copy_is_dropped_once_its_weight_changes(monkeypatch):
 def test_float32_models_pack_nothing():
     model = Zamba2LM(Zamba2TextConfig.from_dict(tiny_text_dict(sorted(TINY_TEXT)[0]))).eval()
     assert packed.pack_for_decode(model) == 0
+
+
+def test_a_dropped_models_packed_copies_are_freed(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(packed, "MIN_ELEMENTS", 0)
+    layer = torch.nn.Linear(64, 32, bias=False).bfloat16()
+    key = id(layer.weight)
+    added = packed.pack_for_decode(layer)
+    assert (key in packed._PACKED) == (added > 0) == NATIVE
+    del layer
+    gc.collect()
+    assert key not in packed._PACKED
+
+
+def test_unpack_frees_the_copy_while_the_model_lives(monkeypatch):
+    import weakref
+
+    monkeypatch.setattr(packed, "MIN_ELEMENTS", 0)
+    layer = torch.nn.Linear(64, 32, bias=False).bfloat16()
+    if not packed.pack_for_decode(layer):
+        assert not NATIVE
+        return
+    copy = weakref.ref(packed._PACKED[id(layer.weight)][3])
+    packed.unpack(layer)
+    assert copy() is None and packed.lookup(layer.weight) is None

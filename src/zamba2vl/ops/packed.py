@@ -62,9 +62,17 @@ def pack_for_decode(model: nn.Module) -> int:
         if lookup(w) is not None:
             continue
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1)
-        _PACKED[id(w)] = (weakref.ref(w), w._version, w.data_ptr(), packed)
+        ref = weakref.ref(w)
+        _PACKED[id(w)] = (ref, w._version, w.data_ptr(), packed)
+        weakref.finalize(w, _forget, id(w), ref)  # a dropped model's copies go with it (holds no copy itself)
         added += w.numel() * w.element_size()
     return added
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    entry = _PACKED.get(key)
+    if entry is not None and entry[0] is ref:
+        del _PACKED[key]
 
 
 def unpack(model: nn.Module) -> None:
