@@ -67,3 +67,62 @@ def test_run_config_selects_it():
         load_processor(ModelSection(), TokenizerSection(characters=True), 99, 64)
     with pytest.raises(ConfigError, match="not several"):
         load_processor(ModelSection(), TokenizerSection(characters=True, path="x"), 99, 100)
+
+
+WORDS = ["How", "many", "red", "circles", "are", "there", "green"]
+
+
+def test_whole_words_are_one_token_only_as_whole_words():
+    tok = char_tokenizer(words=WORDS)
+    assert len(tok) == 100 + len(WORDS) and tok.image_token_id == 99
+    assert tok.convert_tokens_to_ids(WORDS) == list(range(100, 100 + len(WORDS)))
+    text = "Q: How many red circles are there?\n<image>A: 3</s>\n"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.convert_ids_to_tokens(ids)[:12] == ["Q", ":", " ", "How", " ", "many", " ", "red", " ", "circles",
+                                                   " ", "are"]
+    assert tok.decode(ids) == text
+    # Inside a longer word the letters stay letters; an answer that is a listed word is that word's token.
+    assert tok.encode("redeem", add_special_tokens=False) == char_tokenizer().encode("redeem", False)
+    assert tok.encode("thereby", add_special_tokens=False) == char_tokenizer().encode("thereby", False)
+    assert tok.convert_ids_to_tokens(tok.encode("A: green</s>", add_special_tokens=False)) == \
+        ["A", ":", " ", "green", "</s>"]
+    # The generation prompt ends in the same tokens as the start of a training answer.
+    prompt = tok.apply_chat_template([{"role": "user", "content": "How many?"}])
+    full = tok.apply_chat_template([{"role": "user", "content": "How many?"},
+                                    {"role": "assistant", "content": "green"}], add_generation_prompt=False)
+    p, f = tok.encode(prompt, add_special_tokens=False), tok.encode(full, add_special_tokens=False)
+    assert f[:len(p)] == p and tok.decode(f[len(p):]) == "green</s>\n"
+
+
+def test_whole_words_save_and_load(tmp_path):
+    tok = char_tokenizer(words=WORDS)
+    tok.save_pretrained(tmp_path)
+    back = Tokenizer.from_pretrained(tmp_path)
+    text = "Q: How many green circles are there?\n<image>A: 2</s>\n"
+    assert back.encode(text) == tok.encode(text) and len(back) == len(tok)
+    assert back.decode(back.encode(text)) == text
+
+
+@pytest.mark.parametrize("bad", [["a"], ["two words"], ["x1"], ["héllo"], ["red", "red"]])
+def test_bad_whole_words_are_refused(bad):
+    from zamba2vl.errors import ConfigError
+    from zamba2vl.train.build import load_processor
+    from zamba2vl.train.config import ModelSection, TokenizerSection
+
+    with pytest.raises(ValueError, match="whole-word token|repeat"):
+        char_tokenizer(words=bad)
+    with pytest.raises(ConfigError, match="tokenizer.words"):
+        load_processor(ModelSection(), TokenizerSection(characters=True, words=bad), 99, 200)
+
+
+def test_whole_words_need_the_character_tokenizer_and_room_in_the_vocabulary():
+    from zamba2vl.errors import ConfigError
+    from zamba2vl.train.build import load_processor
+    from zamba2vl.train.config import ModelSection, TokenizerSection
+
+    processor = load_processor(ModelSection(), TokenizerSection(characters=True, words=WORDS), 99, 107)
+    assert len(processor.tokenizer) == 107
+    with pytest.raises(ConfigError, match="vocabulary has 100"):
+        load_processor(ModelSection(), TokenizerSection(characters=True, words=WORDS), 99, 100)
+    with pytest.raises(ConfigError, match="characters: true"):
+        load_processor(ModelSection(), TokenizerSection(words=WORDS, path="x"), 99, 200)

@@ -224,8 +224,14 @@ def load_processor(model: ModelSection, tokenizer: TokenizerSection, image_token
             raise ConfigError("tokenizer: set one of characters, sentencepiece and path, not several")
         from zamba2vl.train.char_tokenizer import char_tokenizer
 
-        tok = char_tokenizer()
+        try:
+            tok = char_tokenizer(words=tokenizer.words)
+        except ValueError as e:
+            raise ConfigError(f"tokenizer.words: {e}") from e
         source = "the character tokenizer"
+    elif tokenizer.words:
+        raise ConfigError("tokenizer.words adds whole-word tokens to the character tokenizer; set "
+                          "tokenizer.characters: true with it")
     elif tokenizer.sentencepiece:
         tok = Tokenizer.from_sentencepiece(resolve_resource(tokenizer.sentencepiece),
                                            added_tokens=tokenizer.added_tokens)

@@ -9,6 +9,13 @@ character it learns letters instead, and any word it can see it can spell. The v
 so 100 tokens, built in code (no files to ship) and saved with each checkpoint as an ordinary tokenizer.json
 (a BPE model without merges), loadable by ``Tokenizer.from_pretrained`` and by transformers.
 
+Optionally, a list of whole words (``words``) become one token each after those 100 (ids 100, 101, ...): the
+fixed words of the prompts ("How", "many", "circles", ...), so a question costs a token per word instead of
+one per letter. They are added tokens that only match a whole word (``single_word``): "red" is one token in
+"the red circle" and in the answer "red", while "redeem" stays seven letters, so anything else is still spelled
+and every text still encodes one way. Spaces and punctuation stay characters, so a prompt that ends in ``A: ``
+(the generation prompt) tokenizes the same as the start of a training answer.
+
 At one token per character every character of the prompt costs compute, so it comes with a terse chat
 template (``CHAT_TEMPLATE``): a user turn is ``Q: <text>``, a newline, then its images; the assistant's turn
 starts with ``A: `` and ends with ``</s>`` and a newline; a system message is a plain line. The images come
@@ -19,6 +26,7 @@ them (for a state-space model, whose memory of distant tokens fades, this matter
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 import tokenizers
 from tokenizers import AddedToken, decoders
@@ -51,14 +59,22 @@ CHAT_TEMPLATE = (
 )
 
 
-def char_tokenizer(image_token: str = IMAGE_TOKEN) -> Tokenizer:
-    """The character tokenizer: ids 0-2 special, 3-98 the characters in ``CHARACTERS`` order, 99 the image."""
+def char_tokenizer(image_token: str = IMAGE_TOKEN, words: Sequence[str] = ()) -> Tokenizer:
+    """The character tokenizer: ids 0-2 special, 3-98 the characters in ``CHARACTERS`` order, 99 the image,
+    then one id per entry of ``words`` in order (each a run of letters; see the module docstring)."""
+    words = list(words)
+    for w in words:
+        if not isinstance(w, str) or len(w) < 2 or not w.isascii() or not w.isalpha():
+            raise ValueError(f"tokenizer word {w!r}: a whole-word token must be two or more ASCII letters")
+    if len(set(words)) != len(words):
+        raise ValueError(f"tokenizer words repeat: {sorted({w for w in words if words.count(w) > 1})}")
     vocab = {tok: i for i, tok in enumerate(SPECIAL)}
     for ch in CHARACTERS:
         vocab[ch] = len(vocab)
     backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.decoder = decoders.Fuse()  # characters are concatenated, not joined with spaces
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*SPECIAL, image_token)])
+    backend.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in words])
     config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
               "add_bos_token": False, "add_eos_token": False, "tokenizer_class": "LlamaTokenizerFast",
               "extra_special_tokens": {"image_token": image_token}}

@@ -70,6 +70,7 @@ class TokenizerSection:
     sentencepiece: str | None = None  # a SentencePiece .model file, or pkg://package/relative/path
     added_tokens: list[str] = field(default_factory=lambda: ["<image>"])  # with sentencepiece only
     characters: bool = False  # the built-in character tokenizer (train/char_tokenizer.py), for models from scratch
+    words: list[str] = field(default_factory=list)  # with characters: whole words that are one token each
 
 
 @dataclass
