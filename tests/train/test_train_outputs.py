@@ -53,6 +53,21 @@ def test_checkpoint_is_committed_by_rename_and_pruned(model, tmp_path):
         load_trainer_state(folder, rank=1)
 
 
+def test_checkpoint_carries_the_run_config_for_eval(model, tmp_path):
+    # `zamba2vl eval --model <checkpoint>` evaluates at the size the model was trained for, read from the folder.
+    import argparse
+
+    from zamba2vl.eval.cli import _synthetic_image_size
+
+    writer = CheckpointWriter(tmp_path / "ckpt", keep=1)
+    writer.begin(3)
+    writer.write_rank(3, 0)
+    folder = writer.commit(3, model, None, {"step": 3}, {"stage": "pretrain", "eval": {"image_size": 140}})
+    assert (folder / "train_config.yaml").is_file()
+    args = argparse.Namespace(model=str(folder), synthetic_image_size=None)
+    assert _synthetic_image_size(args) == 140
+
+
 def test_rng_states_round_trip():
     state = rng_state()
     first = (random.random(), np.random.rand(), torch.rand(3))

@@ -3,6 +3,7 @@
     <output_dir>/checkpoints/step-000200/
         config.json, model.safetensors          the model, Hub layout (loadable by Zamba2VL.from_pretrained)
         tokenizer.json, ..., preprocessor_config.json   its processor
+        train_config.yaml                       the run's settings (``zamba2vl eval`` reads its eval image size)
         trainer_state.pt                        step, optimizer, scheduler, sampler position, counters
         rng-rank0.pt, rng-rank1.pt, ...         python, numpy and torch RNG states of every process
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from zamba2vl.checkpoint import open_weights
 from zamba2vl.errors import CheckpointError
@@ -111,11 +113,14 @@ class CheckpointWriter:
     def write_rank(self, step: int, rank: int) -> None:
         torch.save(rng_state(), self.tmp(step) / f"rng-rank{rank}.pt")
 
-    def commit(self, step: int, model: Zamba2VL, processor, trainer_state: dict[str, Any]) -> Path:
+    def commit(self, step: int, model: Zamba2VL, processor, trainer_state: dict[str, Any],
+               train_config: dict[str, Any] | None = None) -> Path:
         tmp = self.tmp(step)
         model.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
+        if train_config is not None:  # so the folder alone says how it was trained (and is ready to ship)
+            (tmp / "train_config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
         torch.save(trainer_state, tmp / STATE_FILE)
         _fsync_tree(tmp)
         final = step_dir(self.root, step)

@@ -308,7 +308,7 @@ class Trainer:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "data": self.mixture.state_dict(),
                      "lazy_skips": self.lazy_skips, "world": d.world, "config": self.config.to_dict()}
-            path = self.writer.commit(self.step, self.model, self.processor, state)
+            path = self.writer.commit(self.step, self.model, self.processor, state, self.config.to_dict())
         distributed.barrier(d)
         return path
 
