@@ -305,10 +305,11 @@ class Trainer:
         distributed.barrier(d)
         path = None
         if d.is_main:
+            config = self.config.to_dict()
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "data": self.mixture.state_dict(),
-                     "lazy_skips": self.lazy_skips, "world": d.world, "config": self.config.to_dict()}
-            path = self.writer.commit(self.step, self.model, self.processor, state, self.config.to_dict())
+                     "lazy_skips": self.lazy_skips, "world": d.world, "config": config}
+            path = self.writer.commit(self.step, self.model, self.processor, state, config)
         distributed.barrier(d)
         return path
 
