@@ -1,4 +1,5 @@
-"""Decode attention over a low-precision KV cache (ops.attention) against SDPA on the same values in fp32."""
+"""Attention paths of ops.attention (decode over a low-precision cache, chunked prefill, the explicit training path)
+against SDPA on the same values in fp32."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zamba2vl.ops.attention import MAX_QUERY_ROWS, cached_attention, offset_causal_attention, use_cached_attention
+from zamba2vl.ops.attention import (
+    EXPLICIT_MAX_KEYS, MAX_QUERY_ROWS, attention, cached_attention, offset_causal_attention, use_cached_attention,
+    use_explicit_attention,
+)
 from zamba2vl.text.shared_block import attention_mask_for
 
 
@@ -75,3 +79,48 @@ def test_offset_causal_in_blocks_equals_sdpa_with_the_full_mask(past, L, block):
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=full, scale=0.4)
     out = offset_causal_attention(q, k, v, 0.4, past, block=block)
     assert (out - ref).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "keys"])
+def test_explicit_training_attention_matches_fp32_sdpa_values_and_gradients(mask):
+    g = torch.Generator().manual_seed(3)
+    b, h, L, d = 3, 4, 24, 32
+    q, k, v = (torch.randn(b, h, L, d, generator=g) for _ in range(3))
+    key_mask = torch.rand(b, 1, 1, L, generator=g) > 0.3 if mask == "keys" else None
+    if key_mask is not None:
+        key_mask[..., 0] = True  # every query sees at least one key
+    grad_out = torch.randn(b, h, L, d, generator=g)
+
+    def run(fn, dtype):
+        leaves = [x.clone().to(dtype).requires_grad_() for x in (q, k, v)]
+        out = fn(*leaves)
+        out.backward(grad_out.to(dtype))
+        return [out.float()] + [x.grad.float() for x in leaves]
+
+    def explicit(q_, k_, v_):
+        assert use_explicit_attention(q_, k_)
+        return attention(q_, k_, v_, causal=mask == "causal", key_mask=key_mask, scale=0.2)
+
+    def sdpa(q_, k_, v_):
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=key_mask, is_causal=mask == "causal", scale=0.2)
+
+    got, want = run(explicit, torch.bfloat16), run(sdpa, torch.float32)
+    for name, a, w in zip(("out", "dq", "dk", "dv"), got, want):
+        err = (a - w).abs().max().item() / w.abs().max().item()
+        assert err < 0.03, (name, err)  # bf16 products (8-bit mantissa): ~1% of the largest value
+    # Under CPU bf16 autocast fp32 inputs take it too (SDPA would run its bf16 kernel), with the same values.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run(explicit, torch.float32)
+    for name, a, w in zip(("out", "dq", "dk", "dv"), auto, want):
+        assert (a - w).abs().max().item() / w.abs().max().item() < 0.03, name
+
+
+def test_explicit_path_only_for_short_16bit_sequences_under_autograd():
+    q = torch.randn(1, 2, 8, 16, dtype=torch.bfloat16, requires_grad=True)
+    long_k = torch.randn(1, 2, EXPLICIT_MAX_KEYS + 1, 16, dtype=torch.bfloat16)
+    assert use_explicit_attention(q, q)
+    assert not use_explicit_attention(q, long_k)  # the fp32 scores would grow with L x S
+    assert not use_explicit_attention(q.float().detach().requires_grad_(), q.float())  # fp32: SDPA is faster
+    with torch.no_grad():
+        assert not use_explicit_attention(q, q)  # inference keeps SDPA
+    assert not use_explicit_attention(q.detach(), q.detach())

@@ -20,7 +20,8 @@ from torch import nn
 
 from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.ops.norms import RMSNorm
-from zamba2vl.ops.attention import OffsetCausal, cached_attention, offset_causal_attention, use_cached_attention
+from zamba2vl.ops.attention import (OffsetCausal, attention, cached_attention, offset_causal_attention,
+                                    use_cached_attention)
 from zamba2vl.ops.precision import compute_dtype, linear
 
 
@@ -117,7 +118,7 @@ class SharedAttention(nn.Module):
                 rep = self.n_heads // self.n_kv
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             if attn_mask is None:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scale)
+                o = attention(q, k, v, causal=L > 1, scale=self.scale)
             elif isinstance(attn_mask, OffsetCausal):  # a prompt piece after earlier ones, no padding
                 o = offset_causal_attention(q, k, v, self.scale, attn_mask.past)
             else:
