@@ -66,14 +66,15 @@ def test_same_seed_and_index_give_the_same_example(task):
 
 
 # Shapes and bars depend on numpy's PCG64 stream alone; a change here means old datasets can't be regenerated.
+# (Changed once, on purpose, in version 2 of the tasks: three shapes and objects of at least side/8; see synthetic.py.)
 GOLDEN = {
-    "counting": ("9d7e9e868ceae04d6f3f76f2188b5a3c3364dd981fa6401b4ad12965b890ca6a",
+    "counting": ("00f2670167e3a7e12475d1ab306c2280f1d49d63b27eba254ec9425d2c189bf6",
                  "How many brown shapes are there?", "9"),
     "bar_chart": ("c1c4beaec161f781aef67e139fc33085230c67532510ffd3844c91abe7a4c871",
                   "What colour is the largest bar?", "red"),
-    "grounding": ("99c9d3341ebd514b451aff1837d8653c562874aad2dc0de198e238b1c00fd617",
-                  "Where is the yellow diamond? Answer with a bounding box.",
-                  '[{"bbox_2d": [7, 109, 52, 154], "label": "yellow diamond"}]'),
+    "grounding": ("fa2db4db25cd5cf29a22905c9d2701e9befd55414fd3bd2188834e0d38697087",
+                  "Where is the yellow triangle? Answer with a bounding box.",
+                  '[{"bbox_2d": [7, 108, 55, 155], "label": "yellow triangle"}]'),
 }
 
 
@@ -103,6 +104,8 @@ def test_counting():
         if query["shape"] and query["color"]:
             assert ex.question == f"How many {query['color']} {query['shape']}s are there?"
         check_objects(pixels(ex), objects, ex.meta["background"])
+        # At least a 14-pixel patch wide at 112 (side/8; a triangle's apex row is empty, hence the -1).
+        assert min(min(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) for o in objects) >= 224 // 8 - 1
         answers.add(int(ex.answer))
         queries.add((query["shape"] is not None, query["color"] is not None))
         shapes |= {o["shape"] for o in objects}
@@ -124,6 +127,7 @@ def test_grounding():
         assert json.loads(ex.answer) == [{"bbox_2d": box, "label": label}]
         assert all(isinstance(v, int) for v in box) and 0 <= box[0] < box[2] <= 224 and 0 <= box[1] < box[3] <= 224
         check_objects(pixels(ex), objects, ex.meta["background"])
+        assert min(min(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) for o in objects) >= 224 // 7 - 1
         assert score("grounding", ex.answer, ex) == 1.0
 
 
@@ -283,3 +287,4 @@ def test_score_grounding_and_iou():
     assert box_iou([0, 0, 10, 10], [10, 0, 20, 10]) == 0.0
     assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
     assert box_iou([5, 5, 0, 0], [0, 0, 10, 10]) == 0.0  # a reversed box is empty
+

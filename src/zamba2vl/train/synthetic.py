@@ -15,6 +15,11 @@ only on numpy's PCG64 stream and are the same on every machine, and each drawn p
 colour. Text goes through FreeType, so ``reading`` pixels are the same for a given Pillow/FreeType build.
 Compare ``image.tobytes()``, not PNG files: PNG bytes also depend on the zlib build.
 
+Version 2 of the tasks (session 8): three shapes (circle, square, triangle; the task's minimum) instead of four
+with a diamond, and objects of at least side/8 (counting; 14 pixels, one patch, at 112) and side/7 (grounding)
+instead of side/14 and side/9, unless a layout only fits smaller. Shapes of 8 pixels inside 14-pixel patches
+(at 112) were too small for the nano model's ViT to tell apart: it counted questions naming a shape at 16-21%.
+
 Boxes are ``[x1, y1, x2, y2]`` in image pixels with ``x2``/``y2`` exclusive, tight around the drawn pixels.
 """
 
@@ -42,7 +47,7 @@ COLORS = {
     "orange": (245, 130, 20), "purple": (130, 50, 180), "pink": (240, 110, 190), "brown": (130, 80, 30),
 }
 _COLOR_NAMES = tuple(COLORS)
-SHAPES = ("circle", "square", "triangle", "diamond")
+SHAPES = ("circle", "square", "triangle")
 _MIN_SIZE = 56
 
 
@@ -172,7 +177,7 @@ def _counting(rng: np.random.Generator, width: int, height: int):
 
     canvas, background = _light_background(rng, width, height)
     side = min(width, height)
-    objects = _draw_objects(canvas, kinds, _place(rng, n, width, height, max(6, side // 14), side // 5))
+    objects = _draw_objects(canvas, kinds, _place(rng, n, width, height, side // 8, side // 5))
     if query == "all":
         question = "How many shapes are in the image?"
     else:
@@ -198,7 +203,7 @@ def _grounding(rng: np.random.Generator, width: int, height: int):
 
     canvas, background = _light_background(rng, width, height)
     side = min(width, height)
-    objects = _draw_objects(canvas, kinds, _place(rng, n, width, height, side // 9, side // 4))
+    objects = _draw_objects(canvas, kinds, _place(rng, n, width, height, side // 7, side // 4))
     label = f"{target[1]} {target[0]}"
     box = objects[t]["box"]
     question = f"Where is the {label}? Answer with a bounding box."
