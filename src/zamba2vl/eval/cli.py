@@ -55,6 +55,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", help="model dtype (default: the model's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the output folder's earlier predictions and generate again (needed when they "
+                             "were made by another model or with other settings; a finished or killed run of the "
+                             "same model and settings resumes without it)")
     parser.add_argument("--synthetic-rows", type=int, default=64, help="rows of the synthetic benchmark")
     parser.add_argument("--synthetic-seed", type=int, default=1234)
     parser.add_argument("--synthetic-image-size", type=int, default=None,
@@ -116,7 +120,7 @@ def run_eval_from_args(args: argparse.Namespace) -> int:
         judge=judge_from_args(args.judge_url, args.judge_model, args.judge_key_env),
         synthetic={"rows": args.synthetic_rows, "seed": args.synthetic_seed, "image_size": _synthetic_image_size(args)})
     settings = RunSettings(model=args.model, model_size=args.model_size or size_from_name(args.model),
-                           batch_size=args.batch_size, progress=not args.no_progress)
+                           batch_size=args.batch_size, progress=not args.no_progress, restart=args.restart)
     out_root = Path(args.out) if args.out else Path("runs/eval") / _model_tag(args.model)
     rank, world = distributed.rank_and_world()
     all_results = []

@@ -8,6 +8,7 @@ being written separately; it is imported lazily so that scoring never needs it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,32 @@ class Predictor(Protocol):
         """One answer per request, in order. Greedy decoding is expected for evaluation."""
         ...
 
+    # Optional: ``identity() -> dict``, JSON-able, the same exactly when the answers would be. The runner keeps it
+    # beside the predictions and will not resume a folder that another identity wrote (see runner.run_identity).
+
+
+_FINGERPRINT_SUFFIXES = (".json", ".safetensors", ".jinja", ".model", ".txt")
+_EDGE = 1 << 20  # bytes read at each end of a large file
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A short hash of a checkpoint folder's files (names, sizes, and the whole of each small file or the first and
+    last MiB of a large one): cheap on a 15 GB checkpoint, and any retraining changes the weights' bytes."""
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file() or path.suffix not in _FINGERPRINT_SUFFIXES:
+            continue
+        size = path.stat().st_size
+        h.update(f"{path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= 2 * _EDGE:
+                h.update(f.read())
+            else:
+                h.update(f.read(_EDGE))
+                f.seek(size - _EDGE)
+                h.update(f.read(_EDGE))
+    return h.hexdigest()[:16]
+
 
 class AnswerPredictor:
     """Answers from a mapping (row index as a string -> answer) or a callable on the request."""
@@ -40,6 +67,12 @@ class AnswerPredictor:
         self.answers = answers
         self.default = default
         self.calls = 0  # requests answered, so tests can tell which rows were generated
+
+    def identity(self) -> dict:
+        if callable(self.answers):
+            return {"answers": getattr(self.answers, "__qualname__", "callable")}
+        blob = json.dumps(self.answers, sort_keys=True, ensure_ascii=False) + "\0" + self.default
+        return {"answers": hashlib.sha256(blob.encode()).hexdigest()[:16]}
 
     def generate(self, requests: list[EvalRequest]) -> list[str]:
         self.calls += len(requests)
@@ -68,6 +101,16 @@ class ModelPredictor:
     def __init__(self, model: str, device: str = "cpu", dtype: str | None = None):
         self.model, self.device, self.dtype = model, device, dtype
         self._vlm = None
+
+    def identity(self) -> dict:
+        """The checkpoint's files (so a folder retrained in place is a new model) and the dtype."""
+        from zamba2vl.checkpoint import resolve_model_dir
+
+        try:
+            files = folder_fingerprint(resolve_model_dir(self.model))
+        except Exception:  # unresolvable here: loading it will say why; fall back to the name
+            files = None
+        return {"model": self.model if files is None else None, "files": files, "dtype": self.dtype}
 
     def generate(self, requests: list[EvalRequest]) -> list[str]:
         if not requests:

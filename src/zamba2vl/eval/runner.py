@@ -8,8 +8,13 @@ Layout of an output directory (one per benchmark):
     results.json / results.md   the scores (deterministic: no times or host names)
     submission.json             for test splits whose answers are private
 
+    run.json                    who made the predictions: the predictor's identity (for a model, a fingerprint
+                                of its files) and the settings that change answers (see `run_identity`)
+
 A run first reads every part already there, so a killed run picks up where it stopped and re-generates
-nothing that was written (a half-written last line is dropped). Rows that cannot be scored (bad image,
+nothing that was written (a half-written last line is dropped). It refuses to resume a folder whose run.json
+names another model or other settings (a checkpoint retrained in place, a new synthetic seed, ...): it says so
+and changes nothing; ``RunSettings.restart`` (``zamba2vl eval --restart``) discards the old predictions instead. Rows that cannot be scored (bad image,
 missing answer, unknown option letter, ...) are written with their reason, reported by index, and count
 as wrong.
 """
@@ -33,6 +38,8 @@ from zamba2vl.eval.scorers import Graded
 
 PART = "predictions.part{rank:03d}.jsonl"
 MERGED = "predictions.jsonl"
+RUN_FILE = "run.json"
+_OUTPUTS = (MERGED, "results.json", "results.md", "submission.json")
 
 
 @dataclass
@@ -42,6 +49,7 @@ class RunSettings:
     batch_size: int = 8
     progress: bool = True
     data_label: str = ""
+    restart: bool = False  # discard predictions that another model or other settings wrote to the folder
 
 
 def load_samples(bench: Benchmark, data: str | os.PathLike | None, config: EvalConfig) -> list[EvalSample]:
@@ -175,6 +183,52 @@ def merge_and_score(bench: Benchmark, samples: list[EvalSample], out_dir: Path, 
     return results
 
 
+def run_identity(bench: Benchmark, predictor: Predictor, config: EvalConfig, settings: RunSettings) -> dict:
+    """What the answers depend on: the predictor, the benchmark and its data file, and the settings that change a
+    prompt, an image or a generation. Not the row count, --limit or the batch size (they only add or split rows),
+    nor the judge or the scoring rules (applied again to every row at each run)."""
+    identity = getattr(predictor, "identity", None)
+    synthetic = {k: v for k, v in config.synthetic.items() if k != "rows"} if bench.kind == "synthetic" else None
+    ident = {
+        "benchmark": bench.name, "data": settings.data_label,
+        "predictor": identity() if callable(identity) else type(predictor).__name__,
+        "prompt_style": config.prompt_style, "prompt_suffix": config.prompt_suffix, "min_pixels": config.min_pixels,
+        "max_pixels": config.max_pixels, "max_new_tokens": config.max_new_tokens, "synthetic": synthetic,
+    }
+    return json.loads(json.dumps(ident, default=str))  # as it reads back from run.json
+
+
+def prepare_out_dir(out_dir: Path, identity: dict, settings: RunSettings, rank: int = 0) -> None:
+    """Check that the folder's earlier predictions (if any) were made by the same identity; rank 0 then records it.
+
+    Raises InputError, changing nothing, when they were not and ``settings.restart`` is off; with it, rank 0
+    deletes them (the parts and what was merged from them)."""
+    parts = sorted(out_dir.glob("predictions.part*.jsonl")) if out_dir.is_dir() else []
+    run_file = out_dir / RUN_FILE
+    try:
+        before = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        before = {}  # unreadable: treat as a different run
+    if parts and before is not None and before != identity and not settings.restart:
+        changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+        raise InputError(
+            f"{out_dir} holds predictions made by another model or with other settings (different: "
+            f"{', '.join(changed) or 'run.json'}); nothing was changed. Write elsewhere with --out, or pass --restart "
+            "to discard those predictions and generate again.")
+    if rank != 0:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if parts and settings.restart:
+        for path in parts + [out_dir / name for name in _OUTPUTS]:
+            path.unlink(missing_ok=True)
+    elif parts and before is None and settings.progress:
+        print(f"zamba2vl eval: resuming {out_dir}, whose predictions do not say which model made them (no "
+              f"{RUN_FILE}); pass --restart if the model or settings changed since", file=sys.stderr)
+    tmp = run_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(identity, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, run_file)
+
+
 def run_benchmark(bench: Benchmark, samples: list[EvalSample], predictor: Predictor, out_dir: str | os.PathLike,
                   config: EvalConfig | None = None, settings: RunSettings | None = None) -> dict[str, Any] | None:
     """Generate (this process's shard under torchrun), wait for the others, and on rank 0 merge and score.
@@ -184,6 +238,8 @@ def run_benchmark(bench: Benchmark, samples: list[EvalSample], predictor: Predic
     out_dir = Path(out_dir)
     rank, world = distributed.rank_and_world()
     with distributed.process_group(world):
+        prepare_out_dir(out_dir, run_identity(bench, predictor, config, settings), settings, rank)
+        distributed.barrier(world)
         generate(bench, samples, predictor, out_dir, config, settings, rank, world)
         distributed.barrier(world)
         results = merge_and_score(bench, samples, out_dir, config, settings) if rank == 0 else None
