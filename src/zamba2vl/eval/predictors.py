@@ -101,16 +101,20 @@ class ModelPredictor:
     def __init__(self, model: str, device: str = "cpu", dtype: str | None = None):
         self.model, self.device, self.dtype = model, device, dtype
         self._vlm = None
+        self._identity: dict | None = None
 
     def identity(self) -> dict:
-        """The checkpoint's files (so a folder retrained in place is a new model) and the dtype."""
-        from zamba2vl.checkpoint import resolve_model_dir
+        """The checkpoint's files (so a folder retrained in place is a new model) and the dtype; worked out once,
+        as the one predictor serves every benchmark of a command."""
+        if self._identity is None:
+            from zamba2vl.checkpoint import resolve_model_dir
 
-        try:
-            files = folder_fingerprint(resolve_model_dir(self.model))
-        except Exception:  # unresolvable here: loading it will say why; fall back to the name
-            files = None
-        return {"model": self.model if files is None else None, "files": files, "dtype": self.dtype}
+            try:
+                files = folder_fingerprint(resolve_model_dir(self.model))
+            except Exception:  # unresolvable here: loading it will say why; fall back to the name
+                files = None
+            self._identity = {"model": self.model if files is None else None, "files": files, "dtype": self.dtype}
+        return self._identity
 
     def generate(self, requests: list[EvalRequest]) -> list[str]:
         if not requests:

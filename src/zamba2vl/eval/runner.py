@@ -14,9 +14,10 @@ Layout of an output directory (one per benchmark):
 A run first reads every part already there, so a killed run picks up where it stopped and re-generates
 nothing that was written (a half-written last line is dropped). It refuses to resume a folder whose run.json
 names another model or other settings (a checkpoint retrained in place, a new synthetic seed, ...): it says so
-and changes nothing; ``RunSettings.restart`` (``zamba2vl eval --restart``) discards the old predictions instead. Rows that cannot be scored (bad image,
-missing answer, unknown option letter, ...) are written with their reason, reported by index, and count
-as wrong.
+and changes nothing; ``RunSettings.restart`` (``zamba2vl eval --restart``) discards the old predictions instead.
+
+Rows that cannot be scored (bad image, missing answer, unknown option letter, ...) are written with their
+reason, reported by index, and count as wrong.
 """
 
 from __future__ import annotations
