@@ -93,3 +93,23 @@ def test_model_fingerprint_follows_the_files_not_the_path(tmp_path):
     (copy / "config.json").write_text('{"x": 2}')
     assert folder_fingerprint(copy) != folder_fingerprint(src)
     assert ModelPredictor(str(tmp_path / "missing")).identity()["model"] == str(tmp_path / "missing")
+
+
+def test_an_edited_data_file_of_the_same_name_is_refused(tmp_path, capsys):
+    from zamba2vl.eval.cli import main
+
+    data, answers = make_data(tmp_path)
+    answer_file = tmp_path / "answers.json"
+    answer_file.write_text(json.dumps(answers))
+    args = ["--model", f"answers:{answer_file}", "--bench", "seedbench_img", "--data", str(data),
+            "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(args) == 0
+    run = json.loads((tmp_path / "o" / "seedbench_img" / RUN_FILE).read_text())
+    assert run["data"] == "seed.tsv" and len(run["data_fingerprint"]) == 16
+    assert main(args) == 0  # unchanged: resumes
+    capsys.readouterr()
+
+    data.write_text(data.read_text().replace("\tq3\t", "\tq3, asked another way\t"))  # same name, other rows
+    assert main(args) == 2
+    assert "different: data_fingerprint" in capsys.readouterr().err
+    assert main(args + ["--restart"]) == 0

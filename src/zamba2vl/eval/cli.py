@@ -23,7 +23,7 @@ from zamba2vl.eval import distributed
 from zamba2vl.eval.benchmarks import BENCHMARKS, Benchmark, EvalConfig, get_benchmark, oracle_answer
 from zamba2vl.eval.scorers.counting import RULES as COUNT_RULES
 from zamba2vl.eval.judge import judge_from_args
-from zamba2vl.eval.predictors import AnswerPredictor, ModelPredictor, Predictor
+from zamba2vl.eval.predictors import AnswerPredictor, ModelPredictor, Predictor, file_fingerprint
 from zamba2vl.eval.prompts import PROMPT_STYLES
 from zamba2vl.eval.published import SIZES, size_from_name
 from zamba2vl.eval.report import markdown_table
@@ -132,6 +132,7 @@ def run_eval_from_args(args: argparse.Namespace) -> int:
             if args.limit:
                 samples = samples[:args.limit]
             settings.data_label = Path(data).name if data else bench.name
+            settings.data_fingerprint = file_fingerprint(data) if data else ""
             if args.model in ("oracle",) or args.model.startswith("answers:"):
                 predictor = _predictor(args, bench, samples)
             else:  # one model for every benchmark

@@ -41,22 +41,37 @@ _FINGERPRINT_SUFFIXES = (".json", ".safetensors", ".jinja", ".model", ".txt")
 _EDGE = 1 << 20  # bytes read at each end of a large file
 
 
+def _hash_file(h, path: Path) -> None:
+    size = path.stat().st_size
+    h.update(f"{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= 2 * _EDGE:
+            h.update(f.read())
+        else:
+            h.update(f.read(_EDGE))
+            f.seek(size - _EDGE)
+            h.update(f.read(_EDGE))
+
+
 def folder_fingerprint(folder: str | Path) -> str:
     """A short hash of a checkpoint folder's files (names, sizes, and the whole of each small file or the first and
     last MiB of a large one): cheap on a 15 GB checkpoint, and any retraining changes the weights' bytes."""
     h = hashlib.sha256()
     for path in sorted(Path(folder).iterdir()):
-        if not path.is_file() or path.suffix not in _FINGERPRINT_SUFFIXES:
-            continue
-        size = path.stat().st_size
-        h.update(f"{path.name}\0{size}\0".encode())
-        with open(path, "rb") as f:
-            if size <= 2 * _EDGE:
-                h.update(f.read())
-            else:
-                h.update(f.read(_EDGE))
-                f.seek(size - _EDGE)
-                h.update(f.read(_EDGE))
+        if path.is_file() and path.suffix in _FINGERPRINT_SUFFIXES:
+            h.update(f"{path.name}\0".encode())
+            _hash_file(h, path)
+    return h.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """The same kind of hash of one file (a benchmark's data file), whatever its name: its size and its bytes (the
+    first and last MiB of a large one). A folder gets ``folder_fingerprint``."""
+    path = Path(path)
+    if path.is_dir():
+        return folder_fingerprint(path)
+    h = hashlib.sha256()
+    _hash_file(h, path)
     return h.hexdigest()[:16]
 
 

@@ -50,6 +50,7 @@ class RunSettings:
     batch_size: int = 8
     progress: bool = True
     data_label: str = ""
+    data_fingerprint: str = ""  # of the data file's bytes (predictors.file_fingerprint); "" for built-in data
     restart: bool = False  # discard predictions that another model or other settings wrote to the folder
 
 
@@ -185,8 +186,8 @@ def merge_and_score(bench: Benchmark, samples: list[EvalSample], out_dir: Path, 
 
 
 def run_identity(bench: Benchmark, predictor: Predictor, config: EvalConfig, settings: RunSettings) -> dict:
-    """What the answers depend on: the predictor, the benchmark and its data file, and the settings that change a
-    prompt, an image or a generation. Not the row count, --limit or the batch size (they only add or split rows),
+    """What the answers depend on: the predictor, the benchmark and its data file (name and bytes), and the settings
+    that change a prompt, an image or a generation. Not the row count, --limit or the batch size (they only add or split rows),
     nor the judge or the scoring rules (applied again to every row at each run)."""
     identity = getattr(predictor, "identity", None)
     synthetic = {k: v for k, v in config.synthetic.items() if k != "rows"} if bench.kind == "synthetic" else None
@@ -196,6 +197,8 @@ def run_identity(bench: Benchmark, predictor: Predictor, config: EvalConfig, set
         "prompt_style": config.prompt_style, "prompt_suffix": config.prompt_suffix, "min_pixels": config.min_pixels,
         "max_pixels": config.max_pixels, "max_new_tokens": config.max_new_tokens, "synthetic": synthetic,
     }
+    if settings.data_fingerprint:  # by name alone, an edited file (or another of that name) would be resumed
+        ident["data_fingerprint"] = settings.data_fingerprint
     return json.loads(json.dumps(ident, default=str))  # as it reads back from run.json
 
 
