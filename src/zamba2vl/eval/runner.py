@@ -187,8 +187,8 @@ def merge_and_score(bench: Benchmark, samples: list[EvalSample], out_dir: Path, 
 
 def run_identity(bench: Benchmark, predictor: Predictor, config: EvalConfig, settings: RunSettings) -> dict:
     """What the answers depend on: the predictor, the benchmark and its data file (name and bytes), and the settings
-    that change a prompt, an image or a generation. Not the row count, --limit or the batch size (they only add or split rows),
-    nor the judge or the scoring rules (applied again to every row at each run)."""
+    that change a prompt, an image or a generation. Not the row count, --limit or the batch size (they only add or
+    split rows), nor the judge or the scoring rules (applied again to every row at each run)."""
     identity = getattr(predictor, "identity", None)
     synthetic = {k: v for k, v in config.synthetic.items() if k != "rows"} if bench.kind == "synthetic" else None
     ident = {
