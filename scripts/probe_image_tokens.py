@@ -152,20 +152,18 @@ def run(model_path: str, images: int, seed: int, image_size: int, steps: int, on
     # Whole images in each part (60% train, 15% validation, 25% test): every image has the same token count.
     per = rows * cols
     cut1, cut2 = tokens * 60 // 100 // per * per, tokens * 75 // 100 // per * per
-    parts = torch.arange(tokens).split([cut1, cut2 - cut1, tokens - cut2])
-    has = shape >= 0
-    c_parts = parts
-    s_parts = [p[has[p]] for p in parts]
+    c_parts = torch.arange(tokens).split([cut1, cut2 - cut1, tokens - cut2])  # train, validation, test
+    s_parts = [p[shape[p] >= 0] for p in c_parts]  # the tokens with an object centred in them
     result = {
         "model": model_path, "images": images, "seed": seed, "image_size": image_size, "probe_steps": steps,
         "baselines": {"colour set, all absent": float((colour[c_parts[2]] == 0).all(1).float().mean()),
                       "shape, majority": float(torch.bincount(shape[s_parts[2]]).max() / len(s_parts[2]))},
         "stages": [],
     }
-    for name, parts in stages.items():
+    for name, per_image in stages.items():
         if only and not any(word in name for word in only.split(",")):
             continue
-        x = torch.cat(parts)
+        x = torch.cat(per_image)
         result["stages"].append({
             "stage": name, "dims": x.shape[1], "effective_rank": round(effective_rank(x), 1),
             "colour_set": round(probe(x, colour, *c_parts, True, steps, seed), 3),

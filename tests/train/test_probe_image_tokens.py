@@ -83,3 +83,15 @@ def test_probe_finds_a_planted_feature_and_not_noise():
     assert P.probe(x, noise, *parts, False, 400, 0) < 0.42  # chance 1/3, 750 rows
     assert P.effective_rank(torch.randn(500, 8, generator=g)) == pytest.approx(8, abs=0.5)
     assert P.effective_rank(torch.randn(500, 1, generator=g) * torch.ones(1, 8)) == pytest.approx(1, abs=0.01)
+
+
+def test_run_probes_the_chosen_stages_on_the_shipped_model():
+    result = P.run("nano", images=24, seed=3, image_size=112, steps=50, only="pixels,merger")
+    stages = {s["stage"]: s for s in result["stages"]}
+    assert list(stages) == ["pixels", "merger (language model input)"]
+    assert stages["pixels"]["dims"] == 2352 and stages["merger (language model input)"]["dims"] == 192
+    # the shipped merger's output varies along a few directions (5.6 on 1,200 images), the pixels along dozens
+    assert stages["merger (language model input)"]["effective_rank"] < 10 < stages["pixels"]["effective_rank"]
+    assert all(0 <= s[k] <= 1 for s in stages.values() for k in ("colour_set", "shape"))
+    with pytest.raises(SystemExit, match="resized"):
+        P.run("nano", images=1, seed=3, image_size=100, steps=1)
