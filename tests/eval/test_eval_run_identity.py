@@ -113,3 +113,19 @@ def test_an_edited_data_file_of_the_same_name_is_refused(tmp_path, capsys):
     assert main(args) == 2
     assert "different: data_fingerprint" in capsys.readouterr().err
     assert main(args + ["--restart"]) == 0
+
+
+def test_a_data_folder_fingerprint_covers_every_file_in_it(tmp_path):
+    from zamba2vl.eval.predictors import file_fingerprint
+
+    split = tmp_path / "split"  # a Parquet split: the reader takes every *.parquet in the folder
+    split.mkdir()
+    (split / "part-0.parquet").write_bytes(b"rows 0")
+    (split / "part-1.parquet").write_bytes(b"rows 1")
+    before = file_fingerprint(split)
+    assert file_fingerprint(split) == before and len(before) == 16
+    (split / "part-1.parquet").write_bytes(b"rows 2")
+    edited = file_fingerprint(split)
+    assert edited != before
+    (split / "part-2.parquet").write_bytes(b"more")
+    assert file_fingerprint(split) not in (before, edited)

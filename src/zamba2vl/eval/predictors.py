@@ -65,13 +65,16 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 
 def file_fingerprint(path: str | Path) -> str:
-    """The same kind of hash of one file (a benchmark's data file), whatever its name: its size and its bytes (the
-    first and last MiB of a large one). A folder gets ``folder_fingerprint``."""
+    """The same kind of hash of a benchmark's data, whatever its name: a file's size and bytes (the first and last
+    MiB of a large one), or for a folder (a Parquet split) the names, sizes and bytes of every file in it."""
     path = Path(path)
-    if path.is_dir():
-        return folder_fingerprint(path)
     h = hashlib.sha256()
-    _hash_file(h, path)
+    if path.is_dir():
+        for f in sorted(p for p in path.iterdir() if p.is_file()):
+            h.update(f"{f.name}\0".encode())
+            _hash_file(h, f)
+    else:
+        _hash_file(h, path)
     return h.hexdigest()[:16]
 
 
