@@ -12,6 +12,7 @@
     precision: {autocast: auto, gradient_checkpointing: false}
     checkpoint: {every: 200, keep: 2}
     eval: {every: 200, n_per_task: 4}
+    reconstruction: {weight: 1.0}   # auxiliary per-token pixel reconstruction (training only; default off)
 
 `configs/train/*.yaml` hold commented examples. Every field and its default is below.
 """
@@ -160,6 +161,16 @@ class EvalSection:
 
 
 @dataclass
+class ReconstructionSection:
+    # An auxiliary loss (train/reconstruction.py): each merged image token predicts its patches' pixels through a
+    # training-only linear head, so the merger's output keeps what is where. 0 = off. The weight multiplies the
+    # mean squared error (of normalised pixels) per image, added to the language-model loss before its
+    # normalisation (per sample with optim.loss_per: sample, so weight 1 adds the mean error over images).
+    weight: float = 0.0
+    pool: int = 2  # average-pool each patch by this factor first (2: 7x7 targets per 14-pixel patch)
+
+
+@dataclass
 class TrainConfig:
     stage: str = "sft"
     seed: int = 0
@@ -176,6 +187,7 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    reconstruction: ReconstructionSection = field(default_factory=ReconstructionSection)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_TRAINS:
@@ -202,6 +214,8 @@ class TrainConfig:
         bad = set(self.optim.lr_scale) - set(PARTS)
         if bad:
             raise ConfigError(f"optim.lr_scale: unknown part(s) {sorted(bad)}; parts are {list(PARTS)}")
+        if not self.reconstruction.weight >= 0 or self.reconstruction.pool < 1:
+            raise ConfigError(f"reconstruction: weight must be >= 0 and pool >= 1, got {self.reconstruction}")
         b = self.batch
         if b.global_batch_size < 1 or b.micro_batch_size < 1:
             raise ConfigError("batch sizes must be >= 1")

@@ -30,10 +30,18 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 
 class CausalLMLoss(nn.Module):
-    def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None):
+    """With ``reconstruction`` (a ``PixelReconstruction`` head) and a ``reconstruction_weight`` > 0, the returned
+    loss adds weight x (the sum over the batch's images of each image's reconstruction error); the language
+    model's part and the reconstruction error of the last call are kept in ``last_parts`` (detached tensors)."""
+
+    def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None,
+                 reconstruction: nn.Module | None = None, reconstruction_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
+        self.reconstruction = reconstruction
+        self.reconstruction_weight = reconstruction_weight
+        self.last_parts: dict[str, float] = {}
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -50,8 +58,10 @@ class CausalLMLoss(nn.Module):
         vl = self.model
         lm = vl.language_model
         b, L = input_ids.shape
+        recon = self.reconstruction is not None and pixel_values is not None
         with self.autocast():
-            embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw)  # [b, L, h]
+            features = vl.get_image_features(pixel_values, image_grid_thw) if recon else None
+            embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
             positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
             hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
             targets = labels[:, 1:]
@@ -63,4 +73,9 @@ class CausalLMLoss(nn.Module):
             per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
             weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
             loss = (per_token * weights).sum()
+        self.last_parts = {"lm": loss.detach()}
+        if recon:
+            error, images = self.reconstruction(features, pixel_values, image_grid_thw)
+            self.last_parts.update(reconstruction=error.detach(), images=images)
+            loss = loss + self.reconstruction_weight * error
         return loss, keep.sum()

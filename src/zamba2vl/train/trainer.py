@@ -4,7 +4,9 @@ One optimizer step consumes ``batch.global_batch_size`` samples. Each process ta
 them (``mixture.Mixture``) and runs it as micro-batches with gradient accumulation; DistributedDataParallel
 averages the gradients. The loss of a step is the sum of the token losses of the whole global batch divided
 by its number of labelled tokens (summed across processes before the backward), so one process and N
-processes compute the same quantity. Then: clipping, AdamW, the warmup + cosine schedule.
+processes compute the same quantity. Then: clipping, AdamW, the warmup + cosine schedule. With ``reconstruction.weight`` > 0 the loss adds the
+training-only pixel-reconstruction objective (``train/reconstruction.py``), whose head is saved in the trainer
+state, not in the model.
 
 Files under ``output_dir``: ``config.yaml`` (the run's settings), ``loss.jsonl`` (one line per step),
 ``eval.jsonl``, ``loss.png``, ``skipped.jsonl`` (every bad record and why), ``checkpoints/step-*``.
@@ -43,6 +45,7 @@ from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.mixture import Mixture
 from zamba2vl.train.optim import apply_freeze, make_optimizer, make_scheduler
 from zamba2vl.train.plot import plot_run, read_jsonl
+from zamba2vl.train.reconstruction import PixelReconstruction
 from zamba2vl.train.sources import JsonlSource, SkipLog, SyntheticSource
 
 # Test hook: the process SIGKILLs itself right after this step (logged and, if due, checkpointed).
@@ -128,7 +131,16 @@ class Trainer:
         self.model.language_model.model.gradient_checkpointing = c.precision.gradient_checkpointing
         self.model.train()
         self.autocast_dtype = resolve_autocast(c.precision.autocast, self.dist.device)
-        self.loss_model = CausalLMLoss(self.model, self.autocast_dtype)
+        rc = c.reconstruction
+        self.reconstruction = None
+        if rc.weight > 0:
+            try:
+                self.reconstruction = PixelReconstruction(self.model.config.vision_config,
+                                                          self.model.config.text_config.hidden_size, pool=rc.pool,
+                                                          seed=c.model.init_seed).to(self.dist.device)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+        self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight)
         self.wrapped: torch.nn.Module = self.loss_model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -137,8 +149,9 @@ class Trainer:
             # Unused parameters happen (a text-only micro-batch leaves the vision tower out).
             self.wrapped = DistributedDataParallel(self.loss_model, device_ids=ids, find_unused_parameters=True,
                                                    broadcast_buffers=False)  # buffers are constants
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.model, c.optim)
+        extra = {"reconstruction": self.reconstruction} if self.reconstruction is not None else None
+        self.params = [p for p in self.loss_model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.model, c.optim, extra)
         self.scheduler = make_scheduler(self.optimizer, c.optim)
 
         self.step = 0
@@ -171,6 +184,12 @@ class Trainer:
     def _load(self, folder: Path) -> None:
         state, rng = load_trainer_state(folder, self.dist.rank)
         load_model_weights(self.model, folder)
+        if self.reconstruction is not None:
+            if "reconstruction" not in state:
+                raise ConfigError(f"{folder}: the checkpoint has no reconstruction head but this run trains one "
+                                  "(reconstruction.weight > 0); resume with the run's own settings, or start a new run "
+                                  "from the checkpoint with model.path")
+            self.reconstruction.load_state_dict(state["reconstruction"])
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as e:  # another set of trained parameters
@@ -214,6 +233,7 @@ class Trainer:
         self._report_skips()
         scale = d.world / max(tokens, 1.0)  # DDP divides by world: the step's gradient is d(sum)/d(w) / tokens
         loss_sum = torch.zeros((), dtype=torch.float32, device=d.device)
+        parts = torch.zeros(3, dtype=torch.float64, device=d.device)  # LM loss, reconstruction error, images
         for i, b in enumerate(batches):
             b = b.to(d.device)
             last = i == len(batches) - 1
@@ -223,6 +243,10 @@ class Trainer:
                 loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw, w)
                 (loss * scale).backward()
             loss_sum += loss.detach()
+            if self.reconstruction is not None:
+                p = self.loss_model.last_parts
+                parts += torch.stack([p["lm"].double(), p.get("reconstruction", torch.zeros(())).double().to(d.device),
+                                      torch.tensor(float(p.get("images", 0)), dtype=torch.float64, device=d.device)])
         clip = self.config.optim.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
         lr = self.config.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # before lr_scale
@@ -232,9 +256,15 @@ class Trainer:
         total = distributed.all_sum(loss_sum.double()[None], d).item()
         self.lazy_skips += int(new_skips)
         self.step += 1
-        return {"step": self.step, "loss": total / max(tokens, 1.0), "lr": lr, "grad_norm": float(grad_norm),
-                "tokens": int(tokens), "skipped": self.index_skips + self.lazy_skips,
-                "step_s": round(time.perf_counter() - t0, 4)}
+        row = {"step": self.step, "loss": total / max(tokens, 1.0), "lr": lr, "grad_norm": float(grad_norm),
+               "tokens": int(tokens), "skipped": self.index_skips + self.lazy_skips}
+        if self.reconstruction is not None:
+            # "loss" is what was minimised; "lm_loss" the language model's part of it (comparable with a run
+            # without reconstruction); "reconstruction_mse" the mean error per image.
+            lm, err, images = distributed.all_sum(parts.cpu(), d).tolist()
+            row.update(lm_loss=lm / max(tokens, 1.0), reconstruction_mse=err / max(images, 1.0))
+        row["step_s"] = round(time.perf_counter() - t0, 4)
+        return row
 
     def _report_skips(self) -> None:
         new = self.skips.records[self._reported :]
@@ -309,6 +339,8 @@ class Trainer:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "data": self.mixture.state_dict(),
                      "lazy_skips": self.lazy_skips, "world": d.world, "config": config}
+            if self.reconstruction is not None:
+                state["reconstruction"] = self.reconstruction.state_dict()
             path = self.writer.commit(self.step, self.model, self.processor, state, config)
         distributed.barrier(d)
         return path
