@@ -104,3 +104,14 @@ def test_evaluate_scores_held_out_examples_per_task(model):
     for sample, ex in zip(result.samples, examples):
         assert sample["score"] == synthetic.score(ex.task, sample["prediction"], ex)
     assert model.training  # back in training mode after generating in eval mode
+
+
+def test_loss_curve_shows_the_language_model_part_when_logged(tmp_path):
+    # A run with the reconstruction objective logs lm_loss beside the total; its moving average is drawn in orange.
+    rows = [{"step": s, "loss": 2 * 0.98 ** s + 0.3, "lm_loss": 2 * 0.98 ** s + 0.1} for s in range(1, 301)]
+    orange = []
+    for name, data in (("with", rows), ("without", [{"step": r["step"], "loss": r["loss"]} for r in rows])):
+        image = np.asarray(Image.open(plot_run(data, [], tmp_path / f"{name}.png")).convert("RGB")).astype(int)
+        plot = image[:, :-150]  # leave the legend out
+        orange.append(int((np.abs(plot - [255, 127, 14]).sum(-1) < 30).sum()))
+    assert orange[0] > 300 and orange[1] == 0, orange

@@ -2,8 +2,9 @@
 
     python -m zamba2vl.train.plot runs/nano/loss.jsonl [runs/nano/eval.jsonl] -o runs/nano/loss.png
 
-Top panel: the loss of every step (light) and its exponential moving average (dark), on a log axis when it
-spans more than a factor of 20. Bottom panel, when there is an eval log: accuracy per task over steps.
+Top panel: the loss of every step (light) and its exponential moving average (dark; its time constant is 0.5% of
+the run, so it lags by little), on a log axis when it spans more than a factor of 20; with the reconstruction
+objective on, also the moving average of the language model's part of the loss (``lm_loss``). Bottom panel, when there is an eval log: accuracy per task over steps.
 """
 
 from __future__ import annotations
@@ -125,9 +126,14 @@ def plot_run(loss_rows: list[dict], eval_rows: list[dict], out: str | Path, titl
         panel = _Panel(draw, _TOP, (0, x_hi), (lo - pad, hi + pad) if not log_y else (lo, hi), log_y, font)
         panel.axes(f"{title} (last {losses[-1]:.4g} at step {steps[-1]})", "loss")
         panel.line(steps, losses, (170, 200, 230))
-        panel.line(steps, ema(losses, alpha=min(0.3, 20 / max(len(losses), 1))), _PALETTE[0], width=2)
+        alpha = min(0.3, 200 / max(len(losses), 1))
+        panel.line(steps, ema(losses, alpha), _PALETTE[0], width=2)
         panel.legend(0, "loss", (170, 200, 230))
         panel.legend(1, "moving average", _PALETTE[0])
+        lm = [(r["step"], r["lm_loss"]) for r in loss_rows if "lm_loss" in r]
+        if lm:
+            panel.line([a for a, _ in lm], ema([b for _, b in lm], alpha), _PALETTE[1], width=2)
+            panel.legend(2, "LM part (avg)", _PALETTE[1])
     else:
         draw.text((_W / 2, _PANEL_H / 2), "no loss logged yet", fill="black", font=font, anchor="mm")
     if eval_rows:
