@@ -41,7 +41,7 @@ class CausalLMLoss(nn.Module):
         self.autocast_dtype = autocast_dtype
         self.reconstruction = reconstruction
         self.reconstruction_weight = reconstruction_weight
-        self.last_parts: dict[str, float] = {}
+        self.last_parts: dict[str, torch.Tensor | int] = {}
 
     def autocast(self):
         if self.autocast_dtype is None:

@@ -4,7 +4,8 @@
 
 Top panel: the loss of every step (light) and its exponential moving average (dark; its time constant is 0.5% of
 the run, so it lags by little), on a log axis when it spans more than a factor of 20; with the reconstruction
-objective on, also the moving average of the language model's part of the loss (``lm_loss``). Bottom panel, when there is an eval log: accuracy per task over steps.
+objective on, also the moving average of the language model's part of the loss (``lm_loss``). Bottom panel,
+when there is an eval log: accuracy per task over steps.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ One optimizer step consumes ``batch.global_batch_size`` samples. Each process ta
 them (``mixture.Mixture``) and runs it as micro-batches with gradient accumulation; DistributedDataParallel
 averages the gradients. The loss of a step is the sum of the token losses of the whole global batch divided
 by its number of labelled tokens (summed across processes before the backward), so one process and N
-processes compute the same quantity. Then: clipping, AdamW, the warmup + cosine schedule. With ``reconstruction.weight`` > 0 the loss adds the
-training-only pixel-reconstruction objective (``train/reconstruction.py``), whose head is saved in the trainer
-state, not in the model.
+processes compute the same quantity. Then: clipping, AdamW, the warmup + cosine schedule. With
+``reconstruction.weight`` > 0 the loss adds the training-only pixel-reconstruction objective
+(``train/reconstruction.py``), whose head is saved in the trainer state, not in the model.
 
 Files under ``output_dir``: ``config.yaml`` (the run's settings), ``loss.jsonl`` (one line per step),
 ``eval.jsonl``, ``loss.png``, ``skipped.jsonl`` (every bad record and why), ``checkpoints/step-*``.
