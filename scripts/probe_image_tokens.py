@@ -18,7 +18,8 @@ bind "the red circle" in a question to an image token if that token still says r
 Session 9 (2026-12-05), session 8's nano model, defaults: colour set 79% on the raw pixels, 75-81% through the
 vision tower, 42% at the merger's output (effective rank 5.6, against 18 at its input); shape 84% on the pixels,
 75% after the patch embedding, falling block by block to 60% and 57% at the merger's output. Session 10's model
-(trained with the reconstruction objective, train/reconstruction.py), the one shipped now: colour set 80-84% at
+first run (trained with the reconstruction objective, train/reconstruction.py; the shipped model is its second
+run, with another task mix, not probed here): colour set 80-84% at
 every stage and 82.5% at the merger's output (effective rank 14.7); shape 92% through the tower, 86.6% at the merger.
 """
 

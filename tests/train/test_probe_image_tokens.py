@@ -91,7 +91,7 @@ def test_run_probes_the_chosen_stages_on_the_shipped_model():
     assert list(stages) == ["pixels", "merger (language model input)"]
     assert stages["pixels"]["dims"] == 2352 and stages["merger (language model input)"]["dims"] == 192
     # the shipped merger's output (trained with the reconstruction objective since session 10) varies along ~15
-    # directions (14.7 on 1,200 images; session 8's model, without it: 5.6), the pixels along dozens
+    # directions (14.7 on 1,200 images for its first run; session 8's model, without it: 5.6), the pixels along dozens
     assert 10 < stages["merger (language model input)"]["effective_rank"] < 25 < stages["pixels"]["effective_rank"]
     assert all(0 <= s[k] <= 1 for s in stages.values() for k in ("colour_set", "shape"))
     with pytest.raises(SystemExit, match="resized"):
