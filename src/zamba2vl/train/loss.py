@@ -73,7 +73,7 @@ class CausalLMLoss(nn.Module):
             per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
             weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
             loss = (per_token * weights).sum()
-        self.last_parts = {"lm": loss.detach()}
+        self.last_parts = {"lm": loss.detach(), "reconstruction": torch.zeros((), device=loss.device), "images": 0}
         if recon:
             error, images = self.reconstruction(features, pixel_values, image_grid_thw)
             self.last_parts.update(reconstruction=error.detach(), images=images)

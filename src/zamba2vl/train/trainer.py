@@ -245,8 +245,9 @@ class Trainer:
             loss_sum += loss.detach()
             if self.reconstruction is not None:
                 p = self.loss_model.last_parts
-                parts += torch.stack([p["lm"].double(), p.get("reconstruction", torch.zeros(())).double().to(d.device),
-                                      torch.tensor(float(p.get("images", 0)), dtype=torch.float64, device=d.device)])
+                parts[0] += p["lm"].double()
+                parts[1] += p["reconstruction"].double()
+                parts[2] += p["images"]
         clip = self.config.optim.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
         lr = self.config.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # before lr_scale
