@@ -109,10 +109,11 @@ def test_per_sample_weights_make_every_sample_weigh_the_same(setup):
                                      {"type": "text", "text": "Colour?"}]},
         {"role": "assistant", "content": "blue"}])
     batch = collate([long_example, short], pad_token_id=0)
-    weights = _row_weights(batch)
+    weights, total = _row_weights(batch)
     counts = [int((e.labels[1:] != IGNORE).sum()) for e in (long_example, short)]
     assert counts[0] > 3 * counts[1] > 0
     assert weights.tolist() == pytest.approx([1 / counts[0], 1 / counts[1]])
+    assert total == pytest.approx(2.0)
     loss_fn = CausalLMLoss(model)
     with torch.no_grad():
         weighted, n_tokens = loss_fn(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw,
@@ -127,3 +128,33 @@ def test_per_sample_weights_make_every_sample_weigh_the_same(setup):
     # ... and differs from the token mean, which the long answer dominates.
     token_mean = (per_sample[0] * counts[0] + per_sample[1] * counts[1]) / sum(counts)
     assert abs(weighted.item() / 2 - token_mean) > 1e-3
+
+
+def test_sqrt_weights_weigh_a_sample_by_the_root_of_its_labelled_tokens(setup):
+    # optim.loss_per: sqrt -> each of a sample's n tokens weighs 1 / sqrt(n), the sample sqrt(n), and the step's
+    # loss is the sqrt(n)-weighted mean of the samples' mean losses: between the token and the sample means.
+    from zamba2vl.train.trainer import _row_weights
+
+    proc, model, long_example = setup
+    short = ConversationEncoder(proc)([
+        {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (56, 56), (0, 90, 200))},
+                                     {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": "blue"}])
+    batch = collate([long_example, short], pad_token_id=0)
+    weights, total = _row_weights(batch, "sqrt")
+    counts = [int((e.labels[1:] != IGNORE).sum()) for e in (long_example, short)]
+    assert weights.tolist() == pytest.approx([counts[0] ** -0.5, counts[1] ** -0.5])
+    assert total == pytest.approx(counts[0] ** 0.5 + counts[1] ** 0.5)
+    loss_fn = CausalLMLoss(model)
+    with torch.no_grad():
+        weighted, _ = loss_fn(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw, weights)
+        means = []
+        for e in (long_example, short):
+            b = collate([e])
+            s, n = loss_fn(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw)
+            means.append((s / n).item())
+    expected = (means[0] * counts[0] ** 0.5 + means[1] * counts[1] ** 0.5) / total
+    assert weighted.item() / total == pytest.approx(expected, rel=1e-5)
+    token_mean = (means[0] * counts[0] + means[1] * counts[1]) / sum(counts)
+    sample_mean = sum(means) / 2
+    assert min(token_mean, sample_mean) + 1e-4 < expected < max(token_mean, sample_mean) - 1e-4

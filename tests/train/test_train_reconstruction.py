@@ -138,10 +138,11 @@ def test_a_run_with_reconstruction_resumes_exactly_and_keeps_the_head_out_of_the
 
 def test_two_processes_train_the_head_like_one(tmp_path, capsys):
     # DistributedDataParallel wraps the loss module, head included: two gloo processes with the same global batch
-    # log the same losses and reconstruction errors as one process.
+    # log the same losses and reconstruction errors as one process; with optim.loss_per: sqrt the step's
+    # normaliser (the sum of sqrt(labelled tokens)) is summed over processes and micro-batches the same way.
     from trainkit import train_in_process
 
-    section = dict(batch={"global_batch_size": 4, "micro_batch_size": 1}, optim={"max_steps": 6},
+    section = dict(batch={"global_batch_size": 4, "micro_batch_size": 1}, optim={"max_steps": 6, "loss_per": "sqrt"},
                    reconstruction={"weight": 1.0})
     two = start_train(write_config(tmp_path / "two.yaml", stage_config(tmp_path / "two", **section)), torchrun=2)
     train_in_process(stage_config(tmp_path / "one", **section))

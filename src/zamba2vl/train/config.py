@@ -122,7 +122,9 @@ class OptimSection:
     eps: float = 1e-8
     clip_grad_norm: float | None = 1.0
     lr_scale: dict[str, float] = field(default_factory=dict)  # per part, e.g. {vision_tower: 0.1}
-    loss_per: str = "token"  # token: mean over labelled tokens | sample: each sample weighs the same
+    # token: mean over labelled tokens | sample: each sample weighs the same | sqrt: a sample of n labelled
+    # tokens weighs sqrt(n), between the two ("square averaging", as in InternVL 2.5)
+    loss_per: str = "token"
 
 
 @dataclass
@@ -165,7 +167,8 @@ class ReconstructionSection:
     # An auxiliary loss (train/reconstruction.py): each merged image token predicts its patches' pixels through a
     # training-only linear head, so the merger's output keeps what is where. 0 = off. The weight multiplies the
     # mean squared error (of normalised pixels) per image, added to the language-model loss before its
-    # normalisation (per sample with optim.loss_per: sample, so weight 1 adds the mean error over images).
+    # normalisation (per sample with optim.loss_per: sample, so weight 1 adds the mean error over images; with
+    # sqrt the normaliser is the sum over samples of sqrt(labelled tokens)).
     weight: float = 0.0
     pool: int = 2  # average-pool each patch by this factor first (2: 7x7 targets per 14-pixel patch)
 
@@ -209,8 +212,8 @@ class TrainConfig:
                                   "would be training examples; pick another seed")
         if self.precision.autocast not in ("bf16", "none", "auto"):
             raise ConfigError(f"precision.autocast: {self.precision.autocast!r}; use bf16, none or auto")
-        if self.optim.loss_per not in ("token", "sample"):
-            raise ConfigError(f"optim.loss_per: {self.optim.loss_per!r}; use token or sample")
+        if self.optim.loss_per not in ("token", "sample", "sqrt"):
+            raise ConfigError(f"optim.loss_per: {self.optim.loss_per!r}; use token, sample or sqrt")
         bad = set(self.optim.lr_scale) - set(PARTS)
         if bad:
             raise ConfigError(f"optim.lr_scale: unknown part(s) {sorted(bad)}; parts are {list(PARTS)}")

@@ -54,7 +54,8 @@ class CausalLMLoss(nn.Module):
         """Right-padded input_ids and labels [b, L] (+ the batch's images) -> (summed loss, token count).
 
         ``row_weights`` [b] multiplies each sample's token losses (``optim.loss_per: sample`` passes 1 / the
-        sample's labelled tokens, so every sample weighs the same whatever its answer's length)."""
+        sample's labelled tokens, so every sample weighs the same whatever its answer's length; ``sqrt`` passes
+        1 / sqrt of them)."""
         vl = self.model
         lm = vl.language_model
         b, L = input_ids.shape

@@ -97,10 +97,17 @@ def _keep_lines(path: Path, keep) -> list[dict]:
     return rows
 
 
-def _row_weights(batch) -> torch.Tensor:
-    """1 / (labelled tokens) of each sample of a batch (0 for a sample without any)."""
+# optim.loss_per -> p: each sample's labelled tokens weigh n ** -p, so the sample weighs n ** (1 - p).
+_LOSS_PER_POWER = {"sample": 1.0, "sqrt": 0.5}
+
+
+def _row_weights(batch, loss_per: str = "sample") -> tuple[torch.Tensor, float]:
+    """Each sample's token weight, n ** -p for its n labelled tokens (0 for a sample without any), and the
+    batch's total weight, the sum of n ** (1 - p): 1 / n and the number of samples for ``sample``."""
     n = (batch.labels[:, 1:] != IGNORE).sum(1).double()
-    return torch.where(n > 0, 1.0 / n.clamp(min=1), torch.zeros_like(n))
+    power = _LOSS_PER_POWER[loss_per]
+    w = torch.where(n > 0, n.clamp(min=1) ** -power, torch.zeros_like(n))
+    return w, float((w * n).sum())
 
 
 class Trainer:
@@ -222,12 +229,17 @@ class Trainer:
         micro_batches = self.mixture.next_step(self.config.batch.global_batch_size, d.rank, d.world, self.micro)
         pad = self.processor.tokenizer.pad_token_id or 0
         batches = [collate(mb, pad) for mb in micro_batches]
-        per_sample = self.config.optim.loss_per == "sample"
+        loss_per = self.config.optim.loss_per
         # The step's loss is the sum of (weighted) token losses over the global batch divided by the total
-        # weight: labelled tokens by default, or samples when each sample's tokens share a weight of 1.
-        row_weights = [_row_weights(b) if per_sample else None for b in batches]
-        weight = sum(float((w > 0).sum()) for w in row_weights) if per_sample else \
-            float(sum(b.num_loss_tokens for b in batches))
+        # weight: labelled tokens by default; samples when each sample's tokens share a weight of 1; or, with
+        # sqrt, the sum of sqrt(n) when each of a sample's n tokens weighs 1 / sqrt(n).
+        if loss_per == "token":
+            row_weights = [None] * len(batches)
+            weight = float(sum(b.num_loss_tokens for b in batches))
+        else:
+            pairs = [_row_weights(b, loss_per) for b in batches]
+            row_weights = [w for w, _ in pairs]
+            weight = sum(total for _, total in pairs)
         local = torch.tensor([weight, float(self.skips.count - skips_before)], dtype=torch.float64)
         tokens, new_skips = distributed.all_sum(local, d).tolist()
         self._report_skips()
