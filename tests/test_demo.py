@@ -31,6 +31,27 @@ def test_shipped_model_is_small_and_complete():
     assert resolve_model_dir("nano") == DEMO_MODEL_DIR
 
 
+def test_the_repository_config_reproduces_the_shipped_model():
+    # `zamba2vl train --config configs/train/nano.yaml` is the documented way to reproduce the shipped model: its
+    # settings are the shipped run's own (train_config.yaml), all but where it writes and whether bars are drawn.
+    import dataclasses
+    from pathlib import Path
+
+    from zamba2vl.train.config import config_from_dict
+
+    repo_config = Path(__file__).resolve().parents[1] / "configs" / "train" / "nano.yaml"
+    ours, shipped = (dataclasses.asdict(config_from_dict(raw))
+                     for raw in (yaml.safe_load(repo_config.read_text()), TRAIN_CONFIG))
+    for settings in (ours, shipped):
+        del settings["output_dir"], settings["data"]["progress"]
+    assert ours == shipped
+    # ... and the model's config.json is what those settings build.
+    model_config = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
+    for part in ("text_config", "vision_config"):
+        asked = shipped["model"]["config"][part]
+        assert asked and {k: model_config[part][k] for k in asked} == asked, part
+
+
 def test_bundled_examples_are_the_demo_seed(tmp_path):
     # The committed images are exactly what write_examples makes (the seed is neither a training nor an eval seed).
     write_examples(tmp_path)
