@@ -106,8 +106,9 @@ def _row_weights(batch, loss_per: str = "sample") -> tuple[torch.Tensor, float]:
     batch's total weight, the sum of n ** (1 - p): 1 / n and the number of samples for ``sample``."""
     n = (batch.labels[:, 1:] != IGNORE).sum(1).double()
     power = _LOSS_PER_POWER[loss_per]
-    w = torch.where(n > 0, n.clamp(min=1) ** -power, torch.zeros_like(n))
-    return w, float((w * n).sum())
+    has = n > 0
+    w = torch.where(has, n.clamp(min=1) ** -power, torch.zeros_like(n))
+    return w, float(torch.where(has, n.clamp(min=1) ** (1 - power), torch.zeros_like(n)).sum())  # exact counts
 
 
 class Trainer:
@@ -269,8 +270,10 @@ class Trainer:
         total = distributed.all_sum(loss_sum.double()[None], d).item()
         self.lazy_skips += int(new_skips)
         self.step += 1
+        # "tokens" is the step's normaliser: labelled tokens, samples, or the sum of sqrt(n) (optim.loss_per).
         row = {"step": self.step, "loss": total / max(tokens, 1.0), "lr": lr, "grad_norm": float(grad_norm),
-               "tokens": int(tokens), "skipped": self.index_skips + self.lazy_skips}
+               "tokens": int(tokens) if tokens.is_integer() else round(tokens, 3),
+               "skipped": self.index_skips + self.lazy_skips}
         if self.reconstruction is not None:
             # "loss" is what was minimised; "lm_loss" the language model's part of it (comparable with a run
             # without reconstruction); "reconstruction_mse" the mean error per image.
