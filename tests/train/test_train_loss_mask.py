@@ -98,31 +98,39 @@ def test_no_gradient_reaches_unlabelled_positions(setup):
     assert abs(fast.item() - loss.item()) <= 1e-4 * abs(loss.item())
 
 
-def test_per_sample_weights_make_every_sample_weigh_the_same(setup):
-    # optim.loss_per: sample -> each sample's tokens share a weight of 1, so a 1-token answer counts as much as a
-    # 20-token one. The weighted sum over the batch / number of samples = mean over samples of each one's mean.
-    from zamba2vl.train.trainer import _row_weights
-
+def _long_and_short(setup):
+    """A batch of the setup's long example and a one-word answer, the labelled tokens of each, the loss, and each
+    sample's own mean loss (computed alone)."""
     proc, model, long_example = setup
     short = ConversationEncoder(proc)([
         {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (56, 56), (0, 90, 200))},
                                      {"type": "text", "text": "Colour?"}]},
         {"role": "assistant", "content": "blue"}])
     batch = collate([long_example, short], pad_token_id=0)
-    weights, total = _row_weights(batch)
     counts = [int((e.labels[1:] != IGNORE).sum()) for e in (long_example, short)]
-    assert counts[0] > 3 * counts[1] > 0
-    assert weights.tolist() == pytest.approx([1 / counts[0], 1 / counts[1]])
-    assert total == 2.0  # an exact count of samples, whatever their lengths
     loss_fn = CausalLMLoss(model)
     with torch.no_grad():
-        weighted, n_tokens = loss_fn(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw,
-                                     weights)
-        per_sample = []
+        means = []
         for e in (long_example, short):
             b = collate([e])
             s, n = loss_fn(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw)
-            per_sample.append((s / n).item())
+            means.append((s / n).item())
+    return batch, counts, loss_fn, means
+
+
+def test_per_sample_weights_make_every_sample_weigh_the_same(setup):
+    # optim.loss_per: sample -> each sample's tokens share a weight of 1, so a 1-token answer counts as much as a
+    # 20-token one. The weighted sum over the batch / number of samples = mean over samples of each one's mean.
+    from zamba2vl.train.trainer import _row_weights
+
+    batch, counts, loss_fn, per_sample = _long_and_short(setup)
+    weights, total = _row_weights(batch)
+    assert counts[0] > 3 * counts[1] > 0
+    assert weights.tolist() == pytest.approx([1 / counts[0], 1 / counts[1]])
+    assert total == 2.0  # an exact count of samples, whatever their lengths
+    with torch.no_grad():
+        weighted, n_tokens = loss_fn(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw,
+                                     weights)
     assert int(n_tokens) == sum(counts)
     assert weighted.item() / 2 == pytest.approx(sum(per_sample) / 2, rel=1e-5)
     # ... and differs from the token mean, which the long answer dominates.
@@ -135,24 +143,12 @@ def test_sqrt_weights_weigh_a_sample_by_the_root_of_its_labelled_tokens(setup):
     # loss is the sqrt(n)-weighted mean of the samples' mean losses: between the token and the sample means.
     from zamba2vl.train.trainer import _row_weights
 
-    proc, model, long_example = setup
-    short = ConversationEncoder(proc)([
-        {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (56, 56), (0, 90, 200))},
-                                     {"type": "text", "text": "Colour?"}]},
-        {"role": "assistant", "content": "blue"}])
-    batch = collate([long_example, short], pad_token_id=0)
+    batch, counts, loss_fn, means = _long_and_short(setup)
     weights, total = _row_weights(batch, "sqrt")
-    counts = [int((e.labels[1:] != IGNORE).sum()) for e in (long_example, short)]
     assert weights.tolist() == pytest.approx([counts[0] ** -0.5, counts[1] ** -0.5])
     assert total == pytest.approx(counts[0] ** 0.5 + counts[1] ** 0.5)
-    loss_fn = CausalLMLoss(model)
     with torch.no_grad():
         weighted, _ = loss_fn(batch.input_ids, batch.labels, batch.pixel_values, batch.image_grid_thw, weights)
-        means = []
-        for e in (long_example, short):
-            b = collate([e])
-            s, n = loss_fn(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw)
-            means.append((s / n).item())
     expected = (means[0] * counts[0] ** 0.5 + means[1] * counts[1] ** 0.5) / total
     assert weighted.item() / total == pytest.approx(expected, rel=1e-5)
     token_mean = (means[0] * counts[0] + means[1] * counts[1]) / sum(counts)
