@@ -13,6 +13,7 @@
     checkpoint: {every: 200, keep: 2}
     eval: {every: 200, n_per_task: 4}
     reconstruction: {weight: 1.0}   # auxiliary per-token pixel reconstruction (training only; default off)
+    objects: {weight: 1.0}          # auxiliary object kinds and boxes from annotated images (training only; off)
 
 `configs/train/*.yaml` hold commented examples. Every field and its default is below.
 """
@@ -174,6 +175,16 @@ class ReconstructionSection:
 
 
 @dataclass
+class ObjectsSection:
+    # An auxiliary loss (train/objects.py) for images whose training message carries object annotations (the
+    # synthetic counting and grounding examples): the merged token holding an object's centre predicts its kind
+    # (shape x colour) and its box through a training-only linear head. 0 = off. The weight multiplies each
+    # annotated image's mean token loss, added like reconstruction's.
+    weight: float = 0.0
+    box_weight: float = 1.0  # the box's L1 error (in merged-token cells) against the kinds' cross-entropy
+
+
+@dataclass
 class TrainConfig:
     stage: str = "sft"
     seed: int = 0
@@ -191,6 +202,7 @@ class TrainConfig:
     log: LogSection = field(default_factory=LogSection)
     eval: EvalSection = field(default_factory=EvalSection)
     reconstruction: ReconstructionSection = field(default_factory=ReconstructionSection)
+    objects: ObjectsSection = field(default_factory=ObjectsSection)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_TRAINS:
@@ -219,6 +231,8 @@ class TrainConfig:
             raise ConfigError(f"optim.lr_scale: unknown part(s) {sorted(bad)}; parts are {list(PARTS)}")
         if not self.reconstruction.weight >= 0 or self.reconstruction.pool < 1:
             raise ConfigError(f"reconstruction: weight must be >= 0 and pool >= 1, got {self.reconstruction}")
+        if not (self.objects.weight >= 0 and self.objects.box_weight >= 0):
+            raise ConfigError(f"objects: weight and box_weight must be >= 0, got {self.objects}")
         b = self.batch
         if b.global_batch_size < 1 or b.micro_batch_size < 1:
             raise ConfigError("batch sizes must be >= 1")

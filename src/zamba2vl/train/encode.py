@@ -23,6 +23,7 @@ import torch
 from zamba2vl.errors import InputError
 from zamba2vl.processing.chat import normalize_messages
 from zamba2vl.processing.processor import Processor
+from zamba2vl.train.objects import object_targets
 
 IGNORE = -100  # label of tokens that carry no loss (torch's cross_entropy ignore_index)
 
@@ -33,6 +34,8 @@ class Example:
     labels: torch.Tensor  # [L] int64: the token id where it is the assistant's, else IGNORE
     pixel_values: torch.Tensor | None  # [patches, 588] float32
     image_grid_thw: torch.Tensor | None  # [images, 3] int64
+    # [merged image tokens, n_kinds + 6] targets of the objects objective (train/objects.py), when it is on
+    objects: torch.Tensor | None = None
 
     @property
     def num_loss_tokens(self) -> int:
@@ -88,8 +91,10 @@ class ConversationEncoder:
     """Messages (with their image sources resolved) -> Example. Raises InputError/ImageError on bad input."""
 
     def __init__(self, processor: Processor, *, max_length: int | None = None, min_pixels: int | None = None,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, object_kinds: int | None = None):
+        """``object_kinds``: build the objects objective's targets (train/objects.py) for that many kinds."""
         self.processor = processor
+        self.object_kinds = object_kinds
         self.max_length = max_length
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
@@ -124,7 +129,15 @@ class ConversationEncoder:
         if self.max_length is not None and len(ids) > self.max_length:
             raise InputError(f"the sample is {len(ids)} tokens long (images: {sum(counts)}), over "
                              f"data.max_length={self.max_length}; raise it or lower data.max_pixels")
-        return Example(input_ids, torch.tensor(labels, dtype=torch.long), inputs.pixel_values, inputs.image_grid_thw)
+        objects = None
+        if self.object_kinds and inputs.image_grid_thw is not None:
+            merge = processor.image_processor.merge_size
+            objects = torch.cat([
+                object_targets(part.get("objects"), grid, self.object_kinds, processor.image_processor.patch_size,
+                               merge)
+                for part, grid in zip(image_parts(messages), inputs.image_grid_thw.tolist())])
+        return Example(input_ids, torch.tensor(labels, dtype=torch.long), inputs.pixel_values, inputs.image_grid_thw,
+                       objects)
 
 
 @dataclass
@@ -134,11 +147,12 @@ class Batch:
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
     num_loss_tokens: int
+    objects: torch.Tensor | None = None  # [merged image tokens, n_kinds + 6], the images' order
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.labels), move(self.pixel_values), move(self.image_grid_thw),
-                     self.num_loss_tokens)
+                     self.num_loss_tokens, move(self.objects))
 
 
 def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
@@ -152,5 +166,8 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
         labels[i, : len(e.labels)] = e.labels
     pixels = [e.pixel_values for e in examples if e.pixel_values is not None]
     grids = [e.image_grid_thw for e in examples if e.image_grid_thw is not None]
+    objects = [e.objects for e in examples if e.objects is not None]
+    if objects and len(objects) != len(pixels):
+        raise ValueError("collate: some examples with images carry object targets and others do not")
     return Batch(ids, labels, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None,
-                 sum(e.num_loss_tokens for e in examples))
+                 sum(e.num_loss_tokens for e in examples), torch.cat(objects) if objects else None)

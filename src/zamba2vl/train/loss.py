@@ -32,15 +32,20 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 class CausalLMLoss(nn.Module):
     """With ``reconstruction`` (a ``PixelReconstruction`` head) and a ``reconstruction_weight`` > 0, the returned
     loss adds weight x (the sum over the batch's images of each image's reconstruction error); the language
-    model's part and the reconstruction error of the last call are kept in ``last_parts`` (detached tensors)."""
+    model's part and the reconstruction error of the last call are kept in ``last_parts`` (detached tensors).
+    Likewise ``objects`` (an ``ObjectMap``) adds ``objects_weight`` x the sum over annotated images of each one's
+    objects loss, when the call passes ``object_targets``."""
 
     def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None,
-                 reconstruction: nn.Module | None = None, reconstruction_weight: float = 0.0):
+                 reconstruction: nn.Module | None = None, reconstruction_weight: float = 0.0,
+                 objects: nn.Module | None = None, objects_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.reconstruction = reconstruction
         self.reconstruction_weight = reconstruction_weight
+        self.objects = objects
+        self.objects_weight = objects_weight
         self.last_parts: dict[str, torch.Tensor | int] = {}
 
     def autocast(self):
@@ -50,7 +55,8 @@ class CausalLMLoss(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_grid_thw: torch.Tensor | None = None,
-                row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                row_weights: torch.Tensor | None = None,
+                object_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded input_ids and labels [b, L] (+ the batch's images) -> (summed loss, token count).
 
         ``row_weights`` [b] multiplies each sample's token losses (``optim.loss_per: sample`` passes 1 / the
@@ -60,8 +66,9 @@ class CausalLMLoss(nn.Module):
         lm = vl.language_model
         b, L = input_ids.shape
         recon = self.reconstruction is not None and pixel_values is not None
+        objects = self.objects is not None and pixel_values is not None and object_targets is not None
         with self.autocast():
-            features = vl.get_image_features(pixel_values, image_grid_thw) if recon else None
+            features = vl.get_image_features(pixel_values, image_grid_thw) if recon or objects else None
             embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
             positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
             hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
@@ -74,9 +81,16 @@ class CausalLMLoss(nn.Module):
             per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
             weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
             loss = (per_token * weights).sum()
-        self.last_parts = {"lm": loss.detach(), "reconstruction": torch.zeros((), device=loss.device), "images": 0}
+        zero = torch.zeros((), device=loss.device)
+        self.last_parts = {"lm": loss.detach(), "reconstruction": zero, "images": 0, "objects": zero,
+                           "annotated": 0}
         if recon:
             error, images = self.reconstruction(features, pixel_values, image_grid_thw)
             self.last_parts.update(reconstruction=error.detach(), images=images)
             loss = loss + self.reconstruction_weight * error
+        if objects:
+            error, annotated = self.objects(features, object_targets, image_grid_thw,
+                                            vl.config.vision_config.spatial_merge_size**2)
+            self.last_parts.update(objects=error.detach(), annotated=annotated)
+            loss = loss + self.objects_weight * error
         return loss, keep.sum()

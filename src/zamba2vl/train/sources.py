@@ -284,7 +284,11 @@ class SyntheticSource:
 
     def messages(self, i: int) -> tuple[list[dict[str, Any]], str]:
         ex = next(self._examples(i))
-        return example_messages(ex), f"{self.name}:{ex.id}"
+        messages = example_messages(ex)
+        annotation = synthetic.object_annotation(ex)
+        if annotation is not None:  # read by the objects objective (train/objects.py) when it is on
+            messages[0]["content"][0]["objects"] = annotation
+        return messages, f"{self.name}:{ex.id}"
 
     size = None  # endless
 

@@ -48,6 +48,8 @@ COLORS = {
 }
 _COLOR_NAMES = tuple(COLORS)
 SHAPES = ("circle", "square", "triangle")
+# Every (shape, colour) an object can have; an index into it names an object's kind in `object_annotation`.
+KINDS = tuple((shape, color) for shape in SHAPES for color in _COLOR_NAMES)
 _MIN_SIZE = 56
 
 
@@ -290,6 +292,16 @@ _MAKERS = {"counting": _counting, "reading": _reading, "bar_chart": _bar_chart, 
 
 
 GROUNDING_FORMATS = ("json", "box")
+
+
+def object_annotation(example: SyntheticExample) -> dict | None:
+    """The objects drawn in a counting or grounding image as ``{"size": [w, h], "kinds": [index into KINDS],
+    "boxes": [[x1, y1, x2, y2]]}`` (what ``train/objects.py`` trains on); None for the other tasks."""
+    objects = example.meta.get("objects") if example.task in ("counting", "grounding") else None
+    if objects is None:
+        return None
+    return {"size": list(example.image.size), "kinds": [KINDS.index((o["shape"], o["color"])) for o in objects],
+            "boxes": [list(o["box"]) for o in objects]}
 
 
 def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, int] = 224,

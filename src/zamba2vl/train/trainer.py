@@ -45,7 +45,9 @@ from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.mixture import Mixture
 from zamba2vl.train.optim import apply_freeze, make_optimizer, make_scheduler
 from zamba2vl.train.plot import plot_run, read_jsonl
+from zamba2vl.train.objects import ObjectMap
 from zamba2vl.train.reconstruction import PixelReconstruction
+from zamba2vl.train.synthetic import KINDS
 from zamba2vl.train.sources import JsonlSource, SkipLog, SyntheticSource
 
 # Test hook: the process SIGKILLs itself right after this step (logged and, if due, checkpointed).
@@ -76,7 +78,8 @@ def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
             sources.append(SyntheticSource(name=s.name, tasks=s.tasks, task_weights=s.task_weights, seed=s.seed,
                                            image_size=s.image_size, curriculum=s.curriculum,
                                            grounding_format=s.grounding_format))
-    encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+    encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                                  object_kinds=len(KINDS) if config.objects.weight > 0 else None)
     return Mixture(sources, [s.weight for s in d.sources], encoder, seed=config.seed, skips=skips,
                    max_image_tokens=d.max_image_tokens)
 
@@ -148,7 +151,12 @@ class Trainer:
                                                           seed=c.model.init_seed).to(self.dist.device)
             except ValueError as e:
                 raise ConfigError(str(e)) from e
-        self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight)
+        self.objects = None
+        if c.objects.weight > 0:
+            self.objects = ObjectMap(self.model.config.text_config.hidden_size, len(KINDS), c.objects.box_weight,
+                                     seed=c.model.init_seed).to(self.dist.device)
+        self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
+                                       self.objects, c.objects.weight)
         self.wrapped: torch.nn.Module = self.loss_model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -157,7 +165,8 @@ class Trainer:
             # Unused parameters happen (a text-only micro-batch leaves the vision tower out).
             self.wrapped = DistributedDataParallel(self.loss_model, device_ids=ids, find_unused_parameters=True,
                                                    broadcast_buffers=False)  # buffers are constants
-        extra = {"reconstruction": self.reconstruction} if self.reconstruction is not None else None
+        extra = {name: m for name, m in (("reconstruction", self.reconstruction), ("objects", self.objects))
+                 if m is not None} or None
         self.params = [p for p in self.loss_model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.model, c.optim, extra)
         self.scheduler = make_scheduler(self.optimizer, c.optim)
@@ -198,6 +207,12 @@ class Trainer:
                                   "(reconstruction.weight > 0); resume with the run's own settings, or start a new run "
                                   "from the checkpoint with model.path")
             self.reconstruction.load_state_dict(state["reconstruction"])
+        if self.objects is not None:
+            if "objects" not in state:
+                raise ConfigError(f"{folder}: the checkpoint has no objects head but this run trains one "
+                                  "(objects.weight > 0); resume with the run's own settings, or start a new run "
+                                  "from the checkpoint with model.path")
+            self.objects.load_state_dict(state["objects"])
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as e:  # another set of trained parameters
@@ -246,21 +261,24 @@ class Trainer:
         self._report_skips()
         scale = d.world / max(tokens, 1.0)  # DDP divides by world: the step's gradient is d(sum)/d(w) / tokens
         loss_sum = torch.zeros((), dtype=torch.float32, device=d.device)
-        parts = torch.zeros(3, dtype=torch.float64, device=d.device)  # LM loss, reconstruction error, images
+        # LM loss, reconstruction error, images, objects loss, annotated images
+        parts = torch.zeros(5, dtype=torch.float64, device=d.device)
         for i, b in enumerate(batches):
             b = b.to(d.device)
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or d.world == 1 else self.wrapped.no_sync()
             with sync:
                 w = None if row_weights[i] is None else row_weights[i].to(d.device)
-                loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw, w)
+                loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw, w, b.objects)
                 (loss * scale).backward()
             loss_sum += loss.detach()
-            if self.reconstruction is not None:
+            if self.reconstruction is not None or self.objects is not None:
                 p = self.loss_model.last_parts
                 parts[0] += p["lm"].double()
                 parts[1] += p["reconstruction"].double()
                 parts[2] += p["images"]
+                parts[3] += p["objects"].double()
+                parts[4] += p["annotated"]
         clip = self.config.optim.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
         lr = self.config.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # before lr_scale
@@ -274,11 +292,16 @@ class Trainer:
         row = {"step": self.step, "loss": total / max(tokens, 1.0), "lr": lr, "grad_norm": float(grad_norm),
                "tokens": int(tokens) if tokens.is_integer() else round(tokens, 3),
                "skipped": self.index_skips + self.lazy_skips}
-        if self.reconstruction is not None:
+        if self.reconstruction is not None or self.objects is not None:
             # "loss" is what was minimised; "lm_loss" the language model's part of it (comparable with a run
-            # without reconstruction); "reconstruction_mse" the mean error per image.
-            lm, err, images = distributed.all_sum(parts.cpu(), d).tolist()
-            row.update(lm_loss=lm / max(tokens, 1.0), reconstruction_mse=err / max(images, 1.0))
+            # without the auxiliary objectives); "reconstruction_mse" the mean error per image; "objects_loss"
+            # the mean objects loss per annotated image.
+            lm, err, images, obj, annotated = distributed.all_sum(parts.cpu(), d).tolist()
+            row["lm_loss"] = lm / max(tokens, 1.0)
+            if self.reconstruction is not None:
+                row["reconstruction_mse"] = err / max(images, 1.0)
+            if self.objects is not None:
+                row["objects_loss"] = obj / max(annotated, 1.0)
         row["step_s"] = round(time.perf_counter() - t0, 4)
         return row
 
@@ -357,6 +380,8 @@ class Trainer:
                      "lazy_skips": self.lazy_skips, "world": d.world, "config": config}
             if self.reconstruction is not None:
                 state["reconstruction"] = self.reconstruction.state_dict()
+            if self.objects is not None:
+                state["objects"] = self.objects.state_dict()
             path = self.writer.commit(self.step, self.model, self.processor, state, config)
         distributed.barrier(d)
         return path

@@ -1,0 +1,161 @@
+"""The auxiliary objects objective (train/objects.py): its targets, its loss, and its place in the trainer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from trainkit import processor, stage_config, tiny_vl_config, train_in_process
+
+from zamba2vl.errors import ConfigError, InputError
+from zamba2vl.train import synthetic
+from zamba2vl.train.config import config_from_dict
+from zamba2vl.train.encode import ConversationEncoder, collate
+from zamba2vl.train.loss import CausalLMLoss
+from zamba2vl.train.objects import ObjectMap, object_targets, target_width
+from zamba2vl.train.sources import SyntheticSource
+
+K = len(synthetic.KINDS)
+
+
+def test_targets_mark_the_cell_of_each_centre_with_its_kind_and_box():
+    # A 112x112 image: 8x8 patches, 4x4 merged tokens of 28 pixels. Object 0 (kind 5) spans x 30-50, y 2-20:
+    # centre (40, 11), cell (row 0, col 1) = token 1. Object 1 (kind 7) centre (84, 98): cell (3, 3) = token 15.
+    annotation = {"size": [112, 112], "kinds": [5, 7], "boxes": [[30, 2, 50, 20], [70, 90, 98, 106]]}
+    t = object_targets(annotation, (1, 8, 8), K)
+    assert t.shape == (16, target_width(K)) == (16, K + 6)
+    assert t[:, -1].tolist() == [1.0] * 16  # every token of an annotated image counts
+    assert torch.nonzero(t[:, :K]).tolist() == [[1, 5], [15, 7]]
+    assert t[:, K + 4].tolist() == [1.0 if i in (1, 15) else 0.0 for i in range(16)]
+    assert torch.allclose(t[1, K:K + 4], torch.tensor([30, 2, 50, 20]) / 28)
+    assert torch.allclose(t[15, K:K + 4], torch.tensor([70, 90, 98, 106]) / 28)
+    # The annotation is in the image's own pixels: the same objects on a 224-pixel image the processor
+    # shrank to 112 (grid 8x8) land in the same cells, with boxes in the resized image's cells.
+    big = {"size": [224, 224], "kinds": [5, 7], "boxes": [[2 * v for v in b] for b in annotation["boxes"]]}
+    assert torch.equal(object_targets(big, (1, 8, 8), K), t)
+    # No annotation: zeros, flag 0.
+    assert torch.equal(object_targets(None, (1, 4, 6), K), torch.zeros(6, K + 6))
+
+
+def test_two_centres_in_one_cell_keep_both_kinds_and_the_larger_box():
+    annotation = {"size": [56, 56], "kinds": [0, 3], "boxes": [[2, 2, 10, 10], [4, 12, 24, 26]]}  # both in cell 0
+    t = object_targets(annotation, (1, 4, 4), K)
+    assert torch.nonzero(t[:, :K]).tolist() == [[0, 0], [0, 3]]
+    assert torch.allclose(t[0, K:K + 4], torch.tensor([4, 12, 24, 26]) / 28)
+
+
+def test_a_bad_annotation_is_an_input_error():
+    with pytest.raises(InputError, match="one kind"):
+        object_targets({"size": [56, 56], "kinds": [K], "boxes": [[0, 0, 5, 5]]}, (1, 4, 4), K)
+    with pytest.raises(InputError, match="size"):
+        object_targets({"kinds": [0], "boxes": [[0, 0, 5, 5]]}, (1, 4, 4), K)
+
+
+def test_loss_is_each_annotated_images_mean_token_loss_summed():
+    torch.manual_seed(0)
+    head = ObjectMap(hidden_size=16, n_kinds=K, box_weight=0.5, seed=2)
+    grids = torch.tensor([[1, 4, 4], [1, 2, 4], [1, 4, 2]])  # 4, 2 and 2 merged tokens
+    annotated = [{"size": [56, 56], "kinds": [3], "boxes": [[30, 4, 50, 22]]}, None,
+                 {"size": [28, 56], "kinds": [1, 9], "boxes": [[2, 2, 20, 20], [4, 30, 24, 50]]}]
+    targets = torch.cat([object_targets(a, g, K) for a, g in zip(annotated, grids.tolist())])
+    feats = torch.randn(8, 16)
+    loss, images = head(feats, targets, grids, unit=4)
+    assert images == 2  # the unannotated image adds nothing and is not counted
+
+    def by_hand(f, t):  # one image: mean over its tokens of (BCE over kinds + 0.5 x L1 of a centre's box)
+        out = head.proj(f)
+        total = 0.0
+        for i in range(len(f)):
+            bce = sum(F.binary_cross_entropy_with_logits(out[i, k], t[i, k]) for k in range(K))
+            l1 = sum(abs(out[i, K + j] - t[i, K + j]) for j in range(4)) if t[i, K + 4] else 0.0
+            total = total + bce + 0.5 * l1
+        return total / len(f)
+
+    want = by_hand(feats[:4], targets[:4]) + by_hand(feats[6:], targets[6:])
+    assert torch.allclose(loss, want, atol=1e-5)
+    assert torch.equal(ObjectMap(16, K, seed=2).proj.weight, head.proj.weight)
+    assert not torch.equal(ObjectMap(16, K, seed=3).proj.weight, head.proj.weight)
+
+
+def test_synthetic_counting_and_grounding_carry_annotations_in_token_order():
+    # The encoder's targets follow the merged tokens' order: the token marked with an object's kind holds pixels of
+    # exactly that object's colour (read back from pixel_values, the tower's input).
+    proc = processor()
+    encoder = ConversationEncoder(proc, object_kinds=K)
+    source = SyntheticSource(tasks=["counting", "bar_chart", "grounding"], seed=3, image_size=112,
+                             grounding_format="box")
+    mean = torch.tensor(proc.image_processor.image_mean)[None, :, None, None]
+    std = torch.tensor(proc.image_processor.image_std)[None, :, None, None]
+    seen = {"counting": 0, "bar_chart": 0, "grounding": 0}
+    for i in range(12):
+        messages, where = source.messages(i)
+        task = where.split(":")[1].split("-")[0]
+        seen[task] += 1
+        example = encoder(messages)
+        targets = example.objects
+        assert targets.shape == (16, K + 6)
+        if task == "bar_chart":
+            assert "objects" not in messages[0]["content"][0] and not targets.any()
+            continue
+        annotation = messages[0]["content"][0]["objects"]
+        assert targets[:, -1].all() and targets[:, :K].sum() == len(annotation["kinds"])
+        pixels = example.pixel_values.view(-1, 3, 14, 14) * std + mean
+        for token, kind in torch.nonzero(targets[:, :K]).tolist():
+            colour = torch.tensor(synthetic.COLORS[synthetic.KINDS[kind][1]]) / 255
+            own = pixels[4 * token:4 * token + 4]
+            assert ((own - colour[None, :, None, None]).abs().amax(1) < 0.02).sum() >= 20, (where, token, kind)
+    assert min(seen.values()) > 0
+    batch = collate([encoder(source.messages(i)[0]) for i in range(3)])
+    assert batch.objects.shape == (48, K + 6)
+
+
+def test_objects_loss_trains_the_vision_side_only(tmp_path):
+    from zamba2vl.train.build import random_model
+
+    config = tiny_vl_config()
+    model = random_model(config, seed=1)
+    head = ObjectMap(config.text_config.hidden_size, K)
+    loss_fn = CausalLMLoss(model, None, objects=head, objects_weight=2.0)
+    grid = torch.tensor([[1, 4, 4]])
+    pixels = torch.randn(16, 3 * 14 * 14)
+    targets = object_targets({"size": [56, 56], "kinds": [4], "boxes": [[3, 3, 20, 20]]}, (1, 4, 4), K)
+    ids = torch.tensor([[1] + [config.image_token_index] * 4 + [5, 6]])
+    labels = torch.full_like(ids, -100)
+    loss, count = loss_fn(ids, labels, pixels, grid, None, targets)
+    error, images = head(model.get_image_features(pixels, grid), targets, grid, unit=4)
+    assert count == 0 and images == 1 and torch.allclose(loss, 2.0 * error, atol=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision_tower.merger.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.language_model.parameters())
+    # Without targets (a text-only or unannotated batch) the head is not used.
+    loss_fn.zero_grad()
+    plain, _ = loss_fn(ids, labels, pixels, grid)
+    assert plain.item() == 0.0
+
+
+def test_bad_settings_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="objects"):
+        config_from_dict(stage_config(tmp_path / "a", objects={"weight": -1.0}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_dict(stage_config(tmp_path / "a", objects={"wieght": 1.0}))
+
+
+def test_a_run_logs_the_objects_loss_and_keeps_the_head_in_the_trainer_state(tmp_path):
+    out = tmp_path / "run"
+    train_in_process(stage_config(out, optim={"max_steps": 4, "loss_per": "sample"},
+                                  batch={"global_batch_size": 4, "micro_batch_size": 4},
+                                  data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
+                                                     "tasks": ["counting", "grounding"]}]},
+                                  checkpoint={"every": 4}, objects={"weight": 0.5}))
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for r in rows:  # every image is annotated: loss = lm_loss + 0.5 x the mean objects loss per image
+        assert r["objects_loss"] > 0 and "reconstruction_mse" not in r
+        assert abs(r["loss"] - (r["lm_loss"] + 0.5 * r["objects_loss"])) < 1e-5
+    assert rows[-1]["objects_loss"] < rows[0]["objects_loss"]
+    state = torch.load(out / "checkpoints" / "step-000004" / "trainer_state.pt", weights_only=False)
+    assert set(state["objects"]) == {"proj.weight", "proj.bias"}
+    assert np.isfinite(rows[-1]["loss"])
