@@ -159,3 +159,39 @@ def test_a_run_logs_the_objects_loss_and_keeps_the_head_in_the_trainer_state(tmp
     state = torch.load(out / "checkpoints" / "step-000004" / "trainer_state.pt", weights_only=False)
     assert set(state["objects"]) == {"proj.weight", "proj.bias"}
     assert np.isfinite(rows[-1]["loss"])
+
+
+def test_reading_letters_are_annotated_only_when_asked():
+    # Each letter's box holds ink of that letter, all the word's ink lies in the letters' boxes, and their union
+    # is the word's tight box (meta["box"]).
+    for i in range(6):
+        ex = synthetic.make_example("reading", 4, i, 112)
+        assert synthetic.object_annotation(ex) is None
+        a = synthetic.object_annotation(ex, letters=True)
+        word = ex.meta["word"]
+        assert a["kinds"] == [K + synthetic.LETTERS.index(ch) for ch in word] and len(a["boxes"]) == len(word)
+        img = np.asarray(ex.image).astype(int)
+        ink = np.abs(img - ex.meta["background"]).sum(-1) > np.abs(img - ex.meta["color"]).sum(-1)
+        covered = np.zeros_like(ink)
+        for x1, y1, x2, y2 in a["boxes"]:
+            cell = (slice(int(np.floor(y1)), int(np.ceil(y2))), slice(int(np.floor(x1)), int(np.ceil(x2))))
+            assert ink[cell].sum() >= 5, (word, x1, y1, x2, y2)
+            covered[cell] = True
+        assert not (ink & ~covered).any()
+        boxes = np.array(a["boxes"])
+        assert np.allclose([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()],
+                           ex.meta["box"])
+    counting = synthetic.make_example("counting", 4, 0, 112)
+    assert synthetic.object_annotation(counting, letters=True) == synthetic.object_annotation(counting)
+
+
+def test_a_run_with_letters_trains_a_head_over_shapes_colours_and_letters(tmp_path):
+    out = tmp_path / "run"
+    train_in_process(stage_config(out, optim={"max_steps": 2, "loss_per": "sample"},
+                                  data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
+                                                     "tasks": ["reading"]}]},
+                                  checkpoint={"every": 2}, objects={"weight": 1.0, "letters": True}))
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert all(r["objects_loss"] > 0 for r in rows)
+    state = torch.load(out / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
+    assert state["objects"]["proj.weight"].shape[0] == K + len(synthetic.LETTERS) + 4

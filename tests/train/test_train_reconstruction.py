@@ -139,11 +139,12 @@ def test_a_run_with_reconstruction_resumes_exactly_and_keeps_the_head_out_of_the
 def test_two_processes_train_the_head_like_one(tmp_path, capsys):
     # DistributedDataParallel wraps the loss module, head included: two gloo processes with the same global batch
     # log the same losses and reconstruction errors as one process; with optim.loss_per: sqrt the step's
-    # normaliser (the sum of sqrt(labelled tokens)) is summed over processes and micro-batches the same way.
+    # normaliser (the sum of sqrt(labelled tokens)) is summed over processes and micro-batches the same way. The
+    # objects head (train/objects.py) rides along: its loss is per annotated image, summed the same way.
     from trainkit import train_in_process
 
     section = dict(batch={"global_batch_size": 4, "micro_batch_size": 1}, optim={"max_steps": 6, "loss_per": "sqrt"},
-                   reconstruction={"weight": 1.0})
+                   reconstruction={"weight": 1.0}, objects={"weight": 0.5})
     two = start_train(write_config(tmp_path / "two.yaml", stage_config(tmp_path / "two", **section)), torchrun=2)
     train_in_process(stage_config(tmp_path / "one", **section))
     two = finish(two)
@@ -152,6 +153,7 @@ def test_two_processes_train_the_head_like_one(tmp_path, capsys):
             for name in ("one", "two")}
     assert len(rows["one"]) == len(rows["two"]) == 6
     for a, b in zip(rows["one"], rows["two"]):
-        for key in ("loss", "lm_loss", "reconstruction_mse"):
+        for key in ("loss", "lm_loss", "reconstruction_mse", "objects_loss"):
             assert abs(a[key] - b[key]) <= 1e-4, (key, a, b)
     assert rows["one"][-1]["reconstruction_mse"] < rows["one"][0]["reconstruction_mse"]
+    assert sum(r["objects_loss"] > 0 for r in rows["one"]) >= 3  # most steps hold a counting or grounding image

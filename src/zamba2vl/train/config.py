@@ -182,6 +182,8 @@ class ObjectsSection:
     # annotated image's mean token loss, added like reconstruction's.
     weight: float = 0.0
     box_weight: float = 1.0  # the box's L1 error (in merged-token cells) against the kinds' cross-entropy
+    # Also the reading task's letters as 26 more kinds (each letter's glyph box, centre cell and letter).
+    letters: bool = False
 
 
 @dataclass

@@ -260,8 +260,10 @@ class SyntheticSource:
     """
 
     def __init__(self, *, name: str | None = None, tasks=None, task_weights=None, seed: int = 0,
-                 image_size: int = 224, curriculum=None, grounding_format: str = "json"):
+                 image_size: int = 224, curriculum=None, grounding_format: str = "json", letters: bool = False):
+        """``letters``: annotate the reading task's letters too (``synthetic.object_annotation``)."""
         self.name = name or "synthetic"
+        self.letters = letters
         if grounding_format not in synthetic.GROUNDING_FORMATS:
             raise DataError(f"{name or 'synthetic'}: grounding_format",
                             f"{grounding_format!r}; choose from {synthetic.GROUNDING_FORMATS}")
@@ -285,7 +287,7 @@ class SyntheticSource:
     def messages(self, i: int) -> tuple[list[dict[str, Any]], str]:
         ex = next(self._examples(i))
         messages = example_messages(ex)
-        annotation = synthetic.object_annotation(ex)
+        annotation = synthetic.object_annotation(ex, self.letters)
         if annotation is not None:  # read by the objects objective (train/objects.py) when it is on
             messages[0]["content"][0]["objects"] = annotation
         return messages, f"{self.name}:{ex.id}"

@@ -50,6 +50,8 @@ _COLOR_NAMES = tuple(COLORS)
 SHAPES = ("circle", "square", "triangle")
 # Every (shape, colour) an object can have; an index into it names an object's kind in `object_annotation`.
 KINDS = tuple((shape, color) for shape in SHAPES for color in _COLOR_NAMES)
+# The reading task's words are lowercase a-z (assets/words.txt).
+LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 _MIN_SIZE = 56
 
 
@@ -294,14 +296,34 @@ _MAKERS = {"counting": _counting, "reading": _reading, "bar_chart": _bar_chart, 
 GROUNDING_FORMATS = ("json", "box")
 
 
-def object_annotation(example: SyntheticExample) -> dict | None:
+def letter_boxes(word: str, font_size: int, box: Sequence[int]) -> list[list[float]]:
+    """Each letter's box in a reading image whose word's tight box is ``box`` (``meta["box"]``): the glyph's own
+    box, moved by the advance of the letters before it (kerning, if the font has any, is ignored)."""
+    font = _font(font_size)
+    left, top = font.getbbox(word)[:2]
+    ox, oy = box[0] - left, box[1] - top  # where the text was drawn from
+    out = []
+    for i, ch in enumerate(word):
+        advance = font.getlength(word[:i])
+        l, t, r, b = font.getbbox(ch)
+        out.append([ox + advance + l, oy + t, ox + advance + r, oy + b])
+    return out
+
+
+def object_annotation(example: SyntheticExample, letters: bool = False) -> dict | None:
     """The objects drawn in a counting or grounding image as ``{"size": [w, h], "kinds": [index into KINDS],
-    "boxes": [[x1, y1, x2, y2]]}`` (what ``train/objects.py`` trains on); None for the other tasks."""
-    objects = example.meta.get("objects") if example.task in ("counting", "grounding") else None
-    if objects is None:
-        return None
-    return {"size": list(example.image.size), "kinds": [KINDS.index((o["shape"], o["color"])) for o in objects],
-            "boxes": [list(o["box"]) for o in objects]}
+    "boxes": [[x1, y1, x2, y2]]}`` (what ``train/objects.py`` trains on); with ``letters``, a reading image's
+    letters too, as kinds ``len(KINDS) + index into LETTERS``; None for the other tasks."""
+    size = list(example.image.size)
+    if example.task in ("counting", "grounding"):
+        objects = example.meta["objects"]
+        return {"size": size, "kinds": [KINDS.index((o["shape"], o["color"])) for o in objects],
+                "boxes": [list(o["box"]) for o in objects]}
+    if example.task == "reading" and letters:
+        word = example.meta["word"]
+        return {"size": size, "kinds": [len(KINDS) + LETTERS.index(ch) for ch in word],
+                "boxes": letter_boxes(word, example.meta["font_size"], example.meta["box"])}
+    return None
 
 
 def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, int] = 224,

@@ -6,7 +6,8 @@ averages the gradients. The loss of a step is the sum of the token losses of the
 by its number of labelled tokens (summed across processes before the backward), so one process and N
 processes compute the same quantity. Then: clipping, AdamW, the warmup + cosine schedule. With
 ``reconstruction.weight`` > 0 the loss adds the training-only pixel-reconstruction objective
-(``train/reconstruction.py``), whose head is saved in the trainer state, not in the model.
+(``train/reconstruction.py``), and with ``objects.weight`` > 0 the object kinds-and-boxes objective
+(``train/objects.py``); their heads are saved in the trainer state, not in the model.
 
 Files under ``output_dir``: ``config.yaml`` (the run's settings), ``loss.jsonl`` (one line per step),
 ``eval.jsonl``, ``loss.png``, ``skipped.jsonl`` (every bad record and why), ``checkpoints/step-*``.
@@ -47,7 +48,7 @@ from zamba2vl.train.optim import apply_freeze, make_optimizer, make_scheduler
 from zamba2vl.train.plot import plot_run, read_jsonl
 from zamba2vl.train.objects import ObjectMap
 from zamba2vl.train.reconstruction import PixelReconstruction
-from zamba2vl.train.synthetic import KINDS
+from zamba2vl.train.synthetic import KINDS, LETTERS
 from zamba2vl.train.sources import JsonlSource, SkipLog, SyntheticSource
 
 # Test hook: the process SIGKILLs itself right after this step (logged and, if due, checkpointed).
@@ -65,6 +66,11 @@ def resolve_autocast(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_gemm(torch.bfloat16) else None
 
 
+def object_kinds(config: TrainConfig) -> int:
+    """How many kinds the objects objective tells apart: the shapes x colours, and the letters when annotated."""
+    return len(KINDS) + (len(LETTERS) if config.objects.letters else 0)
+
+
 def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
     d = config.data
     sources = []
@@ -77,9 +83,10 @@ def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
         else:
             sources.append(SyntheticSource(name=s.name, tasks=s.tasks, task_weights=s.task_weights, seed=s.seed,
                                            image_size=s.image_size, curriculum=s.curriculum,
-                                           grounding_format=s.grounding_format))
+                                           grounding_format=s.grounding_format,
+                                           letters=config.objects.weight > 0 and config.objects.letters))
     encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
-                                  object_kinds=len(KINDS) if config.objects.weight > 0 else None)
+                                  object_kinds=object_kinds(config) if config.objects.weight > 0 else None)
     return Mixture(sources, [s.weight for s in d.sources], encoder, seed=config.seed, skips=skips,
                    max_image_tokens=d.max_image_tokens)
 
@@ -153,7 +160,7 @@ class Trainer:
                 raise ConfigError(str(e)) from e
         self.objects = None
         if c.objects.weight > 0:
-            self.objects = ObjectMap(self.model.config.text_config.hidden_size, len(KINDS), c.objects.box_weight,
+            self.objects = ObjectMap(self.model.config.text_config.hidden_size, object_kinds(c), c.objects.box_weight,
                                      seed=c.model.init_seed).to(self.dist.device)
         self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
                                        self.objects, c.objects.weight)
