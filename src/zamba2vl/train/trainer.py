@@ -44,12 +44,12 @@ from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
 from zamba2vl.train.evaluate import evaluate, held_out_examples
 from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.mixture import Mixture
+from zamba2vl.train.objects import ObjectMap
 from zamba2vl.train.optim import apply_freeze, make_optimizer, make_scheduler
 from zamba2vl.train.plot import plot_run, read_jsonl
-from zamba2vl.train.objects import ObjectMap
 from zamba2vl.train.reconstruction import PixelReconstruction
-from zamba2vl.train.synthetic import KINDS, LETTERS
 from zamba2vl.train.sources import JsonlSource, SkipLog, SyntheticSource
+from zamba2vl.train.synthetic import KINDS, LETTERS
 
 # Test hook: the process SIGKILLs itself right after this step (logged and, if due, checkpointed).
 KILL_ENV = "ZAMBA2VL_TRAIN_KILL_AFTER_STEP"
