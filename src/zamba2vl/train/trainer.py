@@ -172,10 +172,11 @@ class Trainer:
             # Unused parameters happen (a text-only micro-batch leaves the vision tower out).
             self.wrapped = DistributedDataParallel(self.loss_model, device_ids=ids, find_unused_parameters=True,
                                                    broadcast_buffers=False)  # buffers are constants
-        extra = {name: m for name, m in (("reconstruction", self.reconstruction), ("objects", self.objects))
-                 if m is not None} or None
+        # The training-only heads that are on, by config section: optimised, saved and restored with the run.
+        self.heads = {name: m for name, m in (("reconstruction", self.reconstruction), ("objects", self.objects))
+                      if m is not None}
         self.params = [p for p in self.loss_model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.model, c.optim, extra)
+        self.optimizer = make_optimizer(self.model, c.optim, self.heads or None)
         self.scheduler = make_scheduler(self.optimizer, c.optim)
 
         self.step = 0
@@ -208,18 +209,12 @@ class Trainer:
     def _load(self, folder: Path) -> None:
         state, rng = load_trainer_state(folder, self.dist.rank)
         load_model_weights(self.model, folder)
-        if self.reconstruction is not None:
-            if "reconstruction" not in state:
-                raise ConfigError(f"{folder}: the checkpoint has no reconstruction head but this run trains one "
-                                  "(reconstruction.weight > 0); resume with the run's own settings, or start a new run "
+        for name, head in self.heads.items():
+            if name not in state:
+                raise ConfigError(f"{folder}: the checkpoint has no {name} head but this run trains one "
+                                  f"({name}.weight > 0); resume with the run's own settings, or start a new run "
                                   "from the checkpoint with model.path")
-            self.reconstruction.load_state_dict(state["reconstruction"])
-        if self.objects is not None:
-            if "objects" not in state:
-                raise ConfigError(f"{folder}: the checkpoint has no objects head but this run trains one "
-                                  "(objects.weight > 0); resume with the run's own settings, or start a new run "
-                                  "from the checkpoint with model.path")
-            self.objects.load_state_dict(state["objects"])
+            head.load_state_dict(state[name])
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as e:  # another set of trained parameters
@@ -279,7 +274,7 @@ class Trainer:
                 loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw, w, b.objects)
                 (loss * scale).backward()
             loss_sum += loss.detach()
-            if self.reconstruction is not None or self.objects is not None:
+            if self.heads:
                 p = self.loss_model.last_parts
                 parts[0] += p["lm"].double()
                 parts[1] += p["reconstruction"].double()
@@ -299,7 +294,7 @@ class Trainer:
         row = {"step": self.step, "loss": total / max(tokens, 1.0), "lr": lr, "grad_norm": float(grad_norm),
                "tokens": int(tokens) if tokens.is_integer() else round(tokens, 3),
                "skipped": self.index_skips + self.lazy_skips}
-        if self.reconstruction is not None or self.objects is not None:
+        if self.heads:
             # "loss" is what was minimised; "lm_loss" the language model's part of it (comparable with a run
             # without the auxiliary objectives); "reconstruction_mse" the mean error per image; "objects_loss"
             # the mean objects loss per annotated image.
@@ -385,10 +380,7 @@ class Trainer:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "data": self.mixture.state_dict(),
                      "lazy_skips": self.lazy_skips, "world": d.world, "config": config}
-            if self.reconstruction is not None:
-                state["reconstruction"] = self.reconstruction.state_dict()
-            if self.objects is not None:
-                state["objects"] = self.objects.state_dict()
+            state.update({name: head.state_dict() for name, head in self.heads.items()})
             path = self.writer.commit(self.step, self.model, self.processor, state, config)
         distributed.barrier(d)
         return path
