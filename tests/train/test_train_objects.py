@@ -198,11 +198,7 @@ def test_a_run_with_letters_trains_a_head_over_shapes_colours_and_letters(tmp_pa
 
 
 def test_a_killed_run_with_the_objects_head_resumes_exactly(tmp_path):
-    import signal
-
-    from trainkit import finish, losses, run_train, start_train, write_config
-
-    from zamba2vl.train.trainer import KILL_ENV
+    from trainkit import straight_and_resumed
 
     def config(name, every):
         return stage_config(tmp_path / name, optim={"max_steps": 5}, checkpoint={"every": every},
@@ -210,14 +206,6 @@ def test_a_killed_run_with_the_objects_head_resumes_exactly(tmp_path):
                                                "tasks": ["counting", "grounding"]}]},
                             objects={"weight": 0.5})
 
-    straight = start_train(write_config(tmp_path / "straight.yaml", config("straight", 0)))
-    killed = write_config(tmp_path / "killed.yaml", config("killed", 2))
-    first = finish(start_train(killed, extra_env={KILL_ENV: "3"}))
-    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    resumed = run_train(killed, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = finish(straight)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    a, b = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    a, b = straight_and_resumed(tmp_path, config)
     assert sorted(a) == sorted(b) == list(range(1, 6))
     assert [b[s] for s in range(1, 6)] == [a[s] for s in range(1, 6)]

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from trainkit import finish, losses, run_train, stage_config, start_train, tiny_vl_config, write_config
+from trainkit import (finish, run_train, stage_config, start_train, straight_and_resumed, tiny_vl_config,
+                      write_config)
 
 from zamba2vl.errors import ConfigError
 from zamba2vl.processing.image import ImageProcessor
 from zamba2vl.train.config import config_from_dict
 from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.reconstruction import PixelReconstruction
-from zamba2vl.train.trainer import KILL_ENV
 
 
 def test_targets_are_each_tokens_own_pixels_pooled():
@@ -108,16 +107,7 @@ def test_a_run_with_reconstruction_resumes_exactly_and_keeps_the_head_out_of_the
         return stage_config(tmp_path / name, optim={"max_steps": 6, "loss_per": "sample"},
                             checkpoint={"every": every}, reconstruction={"weight": 0.5})
 
-    straight = start_train(write_config(tmp_path / "straight.yaml", config("straight", 0)))
-    killed = write_config(tmp_path / "killed.yaml", config("killed", 2))
-    first = finish(start_train(killed, extra_env={KILL_ENV: "3"}))
-    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    resumed = run_train(killed, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = finish(straight)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    a, b = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    a, b = straight_and_resumed(tmp_path, config)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert [b[s] for s in range(1, 7)] == [a[s] for s in range(1, 7)]
     rows = [json.loads(line) for line in (tmp_path / "killed" / "loss.jsonl").read_text().splitlines()]

@@ -120,6 +120,25 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
+def straight_and_resumed(tmp_path: Path, config) -> tuple[dict[int, float], dict[int, float]]:
+    """Run ``config(name, checkpoint_every)`` (a stage config dict) twice side by side: "straight" without
+    checkpoints, and "killed" with a checkpoint every 2 steps, SIGKILLed after step 3 and resumed. Asserts each
+    process ended as expected; returns their losses by step (straight, killed)."""
+    import signal
+
+    from zamba2vl.train.trainer import KILL_ENV
+
+    straight = start_train(write_config(tmp_path / "straight.yaml", config("straight", 0)))
+    killed = write_config(tmp_path / "killed.yaml", config("killed", 2))
+    first = finish(start_train(killed, extra_env={KILL_ENV: "3"}))
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    resumed = run_train(killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = finish(straight)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    return losses(tmp_path / "straight"), losses(tmp_path / "killed")
+
+
 def train_in_process(config: dict) -> dict:
     """Run a stage in this process; torch's thread count and the global RNGs are restored afterwards."""
     from zamba2vl.train.checkpoints import rng_state, set_rng_state
