@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zamba2vl.errors import InputError
+from zamba2vl.train.reconstruction import image_sums
 
 
 def target_width(n_kinds: int) -> int:
@@ -101,9 +102,6 @@ class ObjectMap(nn.Module):
         """Merged tokens [tokens, hidden] of a batch's images and their targets -> (the sum over annotated
         images of each image's mean token loss, the number of annotated images)."""
         loss = self.token_losses(features, targets)
-        per_image = (image_grid_thw.prod(-1) // unit).to(loss.device)
-        image = torch.repeat_interleave(torch.arange(len(per_image), device=loss.device), per_image)
-        sums = torch.zeros(len(per_image), dtype=loss.dtype, device=loss.device).index_add_(0, image, loss)
-        annotated = torch.zeros(len(per_image), dtype=loss.dtype, device=loss.device).index_add_(
-            0, image, targets[:, -1].to(loss.device, loss.dtype)) > 0
+        sums, per_image = image_sums(loss, image_grid_thw, unit)
+        annotated = image_sums(targets[:, -1].to(loss.device, loss.dtype), image_grid_thw, unit)[0] > 0
         return (sums / per_image.clamp(min=1).to(loss.dtype))[annotated].sum(), int(annotated.sum())

@@ -52,7 +52,14 @@ class PixelReconstruction(nn.Module):
         squared error per token and pixel value, the number of images). Per image, so a large image weighs as
         much as a small one and the sum does not depend on how a batch is split."""
         err = (self.proj(features).float() - self.targets(pixel_values)).pow(2).mean(-1)  # [tokens]
-        per_image = (image_grid_thw.prod(-1) // self.unit).to(err.device)
-        image = torch.repeat_interleave(torch.arange(len(per_image), device=err.device), per_image)
-        sums = torch.zeros(len(per_image), dtype=err.dtype, device=err.device).index_add_(0, image, err)
+        sums, per_image = image_sums(err, image_grid_thw, self.unit)
         return (sums / per_image.clamp(min=1).to(err.dtype)).sum(), len(per_image)
+
+
+def image_sums(values: torch.Tensor, image_grid_thw: torch.Tensor, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token values [tokens] of a batch's images (merged tokens, image after image) -> (their sum per image
+    [images], each image's token count [images]); ``unit`` is the patches per merged token."""
+    per_image = (image_grid_thw.prod(-1) // unit).to(values.device)
+    image = torch.repeat_interleave(torch.arange(len(per_image), device=values.device), per_image)
+    sums = torch.zeros(len(per_image), dtype=values.dtype, device=values.device).index_add_(0, image, values)
+    return sums, per_image
