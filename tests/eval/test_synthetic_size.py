@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from zamba2vl.eval.cli import _synthetic_image_size
+import pytest
+
+from zamba2vl.eval.cli import _synthetic_image_size, _synthetic_options, add_eval_arguments
+from zamba2vl.eval.benchmarks import EvalConfig
+from zamba2vl.eval.synthetic import load_synthetic
 
 
-def _args(model: str, size=None) -> argparse.Namespace:
-    return argparse.Namespace(model=model, synthetic_image_size=size)
+def _args(model: str, size=None, reading=None) -> argparse.Namespace:
+    return argparse.Namespace(model=model, synthetic_image_size=size, synthetic_reading_size=reading,
+                              synthetic_rows=8, synthetic_seed=1234)
 
 
 def test_size_from_the_models_training_config(tmp_path):
@@ -21,3 +26,34 @@ def test_default_without_a_training_config(tmp_path):
     assert _synthetic_image_size(_args(str(tmp_path))) == 224
     assert _synthetic_image_size(_args("oracle")) == 224
     assert _synthetic_image_size(_args("answers:preds.jsonl")) == 224
+
+
+def test_reading_canvas_from_the_models_training_config(tmp_path):
+    (tmp_path / "train_config.yaml").write_text("eval: {image_size: 112, reading_size: [224, 28]}\n")
+    opts = _synthetic_options(_args(str(tmp_path)))
+    assert opts == {"rows": 8, "seed": 1234, "image_size": 112, "reading_size": [224, 28]}
+    assert _synthetic_options(_args(str(tmp_path), reading=[280, 56]))["reading_size"] == [280, 56]  # flag wins
+    # Without one the options stay as before (an earlier run's output folder still resumes).
+    assert "reading_size" not in _synthetic_options(_args("oracle"))
+    samples = load_synthetic("", EvalConfig(synthetic={**opts, "rows": 40}))
+    sizes = {s.fields["category"]: s.images[0].value.size for s in samples}
+    assert sizes["reading"] == (224, 28) and sizes["counting"] == (112, 112)
+
+
+def test_reading_size_flag():
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--model", "oracle", "--bench", "synthetic", "--synthetic-reading-size", "224x28"])
+    assert args.synthetic_reading_size == [224, 28]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "oracle", "--bench", "synthetic", "--synthetic-reading-size", "224"])
+
+
+def test_banners_are_evaluated_as_drawn():
+    # A 224x28 reading banner has 6,272 pixels, under the default floor of 10 merged tokens (7,840); the synthetic
+    # benchmark keeps it at its own size (one row of 8 tokens), as in training.
+    from zamba2vl.eval.benchmarks import get_benchmark
+    from zamba2vl.processing.image import smart_resize
+
+    bench = get_benchmark("synthetic")
+    assert bench.min_pixels <= 224 * 28
+    assert smart_resize(28, 224, factor=28, min_pixels=bench.min_pixels, max_pixels=bench.max_pixels) == (28, 224)

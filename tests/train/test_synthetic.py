@@ -288,3 +288,31 @@ def test_score_grounding_and_iou():
     assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
     assert box_iou([5, 5, 0, 0], [0, 0, 10, 10]) == 0.0  # a reversed box is empty
 
+
+
+def test_reading_banner():
+    """reading_size gives the reading task its own canvas; a banner (width >= 4 x height) draws the word at
+    65-95% of its height (shrunk to fit), so letters span a patch; the other tasks keep image_size."""
+    vocab, sizes = set(words()), set()
+    for i in range(N):
+        ex = make_example("reading", 3, i, image_size=112, reading_size=(224, 28))
+        assert ex.image.size == (224, 28) and ex.answer == ex.meta["word"] in vocab
+        x1, y1, x2, y2 = ex.meta["box"]
+        assert 2 <= x1 < x2 <= 222 and 2 <= y1 < y2 <= 26  # inside the 2-pixel margin
+        img, bg = pixels(ex), ex.meta["background"]
+        ys, xs = np.nonzero((img != bg).any(-1))
+        assert x1 <= xs.min() and xs.max() < x2 and y1 <= ys.min() and ys.max() < y2
+        assert 10 <= ex.meta["font_size"] <= 27
+        sizes.add(ex.meta["font_size"])
+    assert len(sizes) >= 5 and max(sizes) >= 22  # random sizes, mostly large
+    # The same (seed, index) draws the same word at either size: only the canvas differs.
+    assert make_example("reading", 3, 0, reading_size=(224, 28)).answer == make_example("reading", 3, 0).answer
+    ex = make_example("counting", 3, 0, image_size=112, reading_size=(224, 28))
+    assert ex.image.size == (112, 112)
+    mixed = list(generate(TASKS, 40, seed=2, image_size=112, reading_size=(224, 28)))
+    assert {e.image.size for e in mixed if e.task == "reading"} == {(224, 28)}
+    assert {e.image.size for e in mixed if e.task != "reading"} == {(112, 112)}
+    with pytest.raises(ValueError, match="too small"):
+        make_example("reading", 0, 0, reading_size=(224, 14))
+    with pytest.raises(ValueError, match="too small"):
+        make_example("reading", 0, 0, reading_size=(56, 28))

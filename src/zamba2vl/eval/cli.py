@@ -64,28 +64,61 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--synthetic-image-size", type=int, default=None,
                         help="side of the synthetic images (default: the size the model was trained at, from "
                              "train_config.yaml in its folder, as for the shipped nano model; else 224)")
+    parser.add_argument("--synthetic-reading-size", type=_width_height, default=None, metavar="WxH",
+                        help="canvas of the reading task, e.g. 224x28 (default: the model's training config's "
+                             "eval.reading_size, as for --synthetic-image-size; else the image size)")
     return parser
+
+
+def _width_height(text: str) -> list[int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 224x28") from None
+    return [w, h]
+
+
+def _train_eval_section(model: str) -> dict:
+    """The ``eval`` section of train_config.yaml in the model's folder ({} if none)."""
+    if model == "oracle" or model.startswith("answers:"):
+        return {}
+    try:
+        from zamba2vl.checkpoint import resolve_model_dir
+
+        folder = resolve_model_dir(model)
+    except Exception:  # reported properly when the model is loaded
+        return {}
+    cfg = Path(folder) / "train_config.yaml"
+    if not cfg.is_file():
+        return {}
+    import yaml
+
+    section = (yaml.safe_load(cfg.read_text()) or {}).get("eval")
+    return section if isinstance(section, dict) else {}
 
 
 def _synthetic_image_size(args: argparse.Namespace) -> int:
     """--synthetic-image-size, else the eval image size of the model's own training config, else 224."""
     if args.synthetic_image_size:
         return args.synthetic_image_size
-    if args.model != "oracle" and not args.model.startswith("answers:"):
-        try:
-            from zamba2vl.checkpoint import resolve_model_dir
+    size = _train_eval_section(args.model).get("image_size")
+    return size if isinstance(size, int) else 224
 
-            folder = resolve_model_dir(args.model)
-        except Exception:  # reported properly when the model is loaded
-            return 224
-        cfg = Path(folder) / "train_config.yaml"
-        if cfg.is_file():
-            import yaml
 
-            size = ((yaml.safe_load(cfg.read_text()) or {}).get("eval") or {}).get("image_size")
-            if isinstance(size, int):
-                return size
-    return 224
+def _synthetic_options(args: argparse.Namespace) -> dict:
+    options = {"rows": args.synthetic_rows, "seed": args.synthetic_seed, "image_size": _synthetic_image_size(args)}
+    reading_size = _synthetic_reading_size(args)
+    if reading_size:  # only when set, so runs without it keep their earlier settings (and resume)
+        options["reading_size"] = reading_size
+    return options
+
+
+def _synthetic_reading_size(args: argparse.Namespace) -> list[int] | None:
+    """--synthetic-reading-size, else the reading canvas of the model's own training config, else None."""
+    if args.synthetic_reading_size:
+        return args.synthetic_reading_size
+    size = _train_eval_section(args.model).get("reading_size")
+    return list(size) if isinstance(size, list) and len(size) == 2 else None
 
 
 def _model_tag(model: str) -> str:
@@ -118,7 +151,7 @@ def run_eval_from_args(args: argparse.Namespace) -> int:
         prompt_style=args.prompt_style, prompt_suffix=args.prompt_suffix, min_pixels=args.min_pixels,
         max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens, countbench_rule=args.countbench_rule,
         judge=judge_from_args(args.judge_url, args.judge_model, args.judge_key_env),
-        synthetic={"rows": args.synthetic_rows, "seed": args.synthetic_seed, "image_size": _synthetic_image_size(args)})
+        synthetic=_synthetic_options(args))
     settings = RunSettings(model=args.model, model_size=args.model_size or size_from_name(args.model),
                            batch_size=args.batch_size, progress=not args.no_progress, restart=args.restart)
     out_root = Path(args.out) if args.out else Path("runs/eval") / _model_tag(args.model)

@@ -1,7 +1,7 @@
 """The `synthetic` benchmark: held-out examples of the training issue's synthetic tasks
 (`zamba2vl.train.synthetic`), scored by that module's own `score`, so the small model the project ships
 can be evaluated offline end to end. Options: --synthetic-rows, --synthetic-seed (keep it different from
-the training seed), --synthetic-image-size.
+the training seed), --synthetic-image-size, --synthetic-reading-size.
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ from zamba2vl.eval.scorers.base import Graded, ScoreReport
 from zamba2vl.train import synthetic as tasks
 
 
+SYNTHETIC_MIN_PIXELS = 4 * 28 * 28  # the smallest canvas make_example draws (56x56, or a 112x28 banner)
+
+
 def load_synthetic(_: str, config: EvalConfig) -> list[EvalSample]:
-    opts = {"rows": 64, "seed": 1234, "image_size": 224, **config.synthetic}
+    opts = {"rows": 64, "seed": 1234, "image_size": 224, "reading_size": None, **config.synthetic}
+    reading_size = tuple(opts["reading_size"]) if opts["reading_size"] else None
     samples = []
-    for ex in tasks.generate(tasks.TASKS, n=opts["rows"], seed=opts["seed"], image_size=opts["image_size"]):
+    for ex in tasks.generate(tasks.TASKS, n=opts["rows"], seed=opts["seed"], image_size=opts["image_size"],
+                             reading_size=reading_size):
         fields = {"question": ex.question, "answer": ex.answer, "category": ex.task, "example": ex}
         samples.append(EvalSample(index=ex.id, fields=fields, images=[ImageRef("pil", ex.image)]))
     return samples
@@ -40,4 +45,6 @@ register(Benchmark(
     "synthetic", "Synthetic tasks", None, None,
     "Generated in memory from zamba2vl.train.synthetic; no file needed.", "synthetic",
     lambda c: SyntheticScore(), lambda s, c: s.question + (c.prompt_suffix or ""),
-    max_new_tokens=48, load=load_synthetic))
+    # The images are drawn at the size the model was trained at (multiples of 28): keep them as drawn, down to a
+    # 224x28 reading banner (6,272 pixels), which the default floor of 10 tokens would enlarge to another grid.
+    max_new_tokens=48, min_pixels=SYNTHETIC_MIN_PIXELS, load=load_synthetic))

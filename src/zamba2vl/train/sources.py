@@ -260,8 +260,10 @@ class SyntheticSource:
     """
 
     def __init__(self, *, name: str | None = None, tasks=None, task_weights=None, seed: int = 0,
-                 image_size: int = 224, curriculum=None, grounding_format: str = "json", letters: bool = False):
-        """``letters``: annotate the reading task's letters too (``synthetic.object_annotation``)."""
+                 image_size: int = 224, curriculum=None, grounding_format: str = "json", letters: bool = False,
+                 reading_size=None):
+        """``letters``: annotate the reading task's letters too (``synthetic.object_annotation``);
+        ``reading_size``: the reading task's [width, height] (default ``image_size``)."""
         self.name = name or "synthetic"
         self.letters = letters
         if grounding_format not in synthetic.GROUNDING_FORMATS:
@@ -271,9 +273,11 @@ class SyntheticSource:
         self.tasks = tuple(tasks or synthetic.TASKS)
         self.task_weights = task_weights
         self.seed, self.image_size = seed, image_size
+        self.reading_size = tuple(reading_size) if reading_size else None
         self.phases = _check_curriculum(curriculum, len(self.tasks), self.name)
         for until, weights in self.phases:  # fail now on unknown tasks or bad weights
-            next(synthetic.generate(self.tasks, n=1, seed=seed, image_size=image_size, weights=weights))
+            next(synthetic.generate(self.tasks, n=1, seed=seed, image_size=image_size, weights=weights,
+                                    reading_size=self.reading_size))
         next(self._examples(0))
 
     def weights_at(self, i: int):
@@ -282,7 +286,8 @@ class SyntheticSource:
 
     def _examples(self, i: int):
         return synthetic.generate(self.tasks, n=1, seed=self.seed, image_size=self.image_size,
-                                  weights=self.weights_at(i), start=i, grounding_format=self.grounding_format)
+                                  weights=self.weights_at(i), start=i, grounding_format=self.grounding_format,
+                                  reading_size=self.reading_size)
 
     def messages(self, i: int) -> tuple[list[dict[str, Any]], str]:
         ex = next(self._examples(i))

@@ -5,7 +5,9 @@ Each example is an RGB image, a question, a short answer and a JSON-ready ``meta
 order, in parallel or again later, and come out the same.
 
 - ``counting``   1-9 non-overlapping shapes; count all of them, one shape, one colour, or one shape+colour.
-- ``reading``    one common English word in Pillow's built-in scalable font on a contrasting background.
+- ``reading``    one common English word in Pillow's built-in scalable font on a contrasting background; with
+                 ``reading_size`` on a canvas of its own, e.g. a 224x28 banner (session 13: in 112x112 images
+                 letters of 5-14 pixels were too small for the nano model's 14-pixel patches).
 - ``bar_chart``  3-6 bars of distinct colours; name the colour of the strictly (and visibly) largest one.
 - ``grounding``  2-4 distinct coloured shapes; give the named one's box as Qwen2.5-VL JSON (or, with
                  ``grounding_format="box"``, as the bare ``[x1, y1, x2, y2]``: the same image, question and box).
@@ -53,6 +55,7 @@ KINDS = tuple((shape, color) for shape in SHAPES for color in _COLOR_NAMES)
 # The reading task's words are lowercase a-z (assets/words.txt).
 LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 _MIN_SIZE = 56
+_MIN_BANNER_SIDE = 28  # reading_size: a banner may be one merged token (28 pixels) high
 
 
 @dataclass
@@ -80,11 +83,12 @@ def words() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- drawing
 
 
-def _image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+def _image_size(image_size: int | Sequence[int], min_side: int = _MIN_SIZE) -> tuple[int, int]:
     width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if min(width, height) < _MIN_SIZE:
-        raise ValueError(f"image_size {image_size!r} is too small; use at least {_MIN_SIZE} pixels a side "
-                         "(a multiple of 28, e.g. 224, keeps boxes exact after the image processor's resize)")
+    if min(width, height) < min_side or width * height < _MIN_SIZE**2:
+        raise ValueError(f"image size {image_size!r} is too small; use at least {min_side} pixels a side and "
+                         f"{_MIN_SIZE}x{_MIN_SIZE} in all (a multiple of 28, e.g. 224, keeps boxes exact after the "
+                         "image processor's resize)")
     return int(width), int(height)
 
 
@@ -274,7 +278,10 @@ def _reading(rng: np.random.Generator, width: int, height: int):
         fg = np.zeros(3, np.int64) if _luma(bg) >= 127_500 else np.full(3, 255)
 
     margin = max(2, min(width, height) // 28)
-    size = int(rng.integers(max(10, height // 9), max(11, height // 4) + 1))
+    if width >= 4 * height:  # a banner (e.g. reading_size (224, 28)): the word fills 65-95% of its height
+        size = int(rng.integers(max(10, round(0.65 * height)), max(11, round(0.95 * height)) + 1))
+    else:
+        size = int(rng.integers(max(10, height // 9), max(11, height // 4) + 1))
     left, top, right, bottom = _font(size).getbbox(word)
     while right - left > width - 2 * margin or bottom - top > height - 2 * margin:
         size -= max(1, size // 10)
@@ -327,8 +334,10 @@ def object_annotation(example: SyntheticExample, letters: bool = False) -> dict 
 
 
 def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, int] = 224,
-                 grounding_format: str = "json") -> SyntheticExample:
-    """Example `index` of `task` under `seed`. `image_size` is a side or (width, height).
+                 grounding_format: str = "json",
+                 reading_size: int | tuple[int, int] | None = None) -> SyntheticExample:
+    """Example `index` of `task` under `seed`. `image_size` is a side or (width, height); `reading_size`, if
+    given, is the reading task's instead (e.g. (224, 28): a one-row banner whose letters span a 14-pixel patch).
 
     `grounding_format` "box" answers grounding with the bare box ``[x1, y1, x2, y2]`` instead of Qwen2.5-VL's
     JSON list: 4x fewer answer characters to learn, which matters to a model trained from scratch."""
@@ -338,7 +347,10 @@ def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, 
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    width, height = _image_size(image_size)
+    if task == "reading" and reading_size:
+        width, height = _image_size(reading_size, _MIN_BANNER_SIDE)
+    else:
+        width, height = _image_size(image_size)
     rng = np.random.default_rng([seed, _TASK_IDS[task], index])
     image, question, answer, meta = _MAKERS[task](rng, width, height)
     if isinstance(image, np.ndarray):
@@ -350,7 +362,8 @@ def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, 
 
 def generate(tasks: Sequence[str] = TASKS, n: int = 1000, seed: int = 0, image_size: int | tuple[int, int] = 224,
              weights: Sequence[float] | None = None, start: int = 0,
-             grounding_format: str = "json") -> Iterator[SyntheticExample]:
+             grounding_format: str = "json",
+             reading_size: int | tuple[int, int] | None = None) -> Iterator[SyntheticExample]:
     """Examples `start .. start+n-1` of a mixture of `tasks`; each index's task is drawn with `weights`.
 
     Use different seeds for training and evaluation sets: within a seed, index i of a task is always the same.
@@ -367,7 +380,7 @@ def generate(tasks: Sequence[str] = TASKS, n: int = 1000, seed: int = 0, image_s
     for index in range(start, start + n):
         u = np.random.default_rng([seed, _MIX_ID, index]).random()
         task = tasks[min(int(np.searchsorted(cdf, u, side="right")), len(tasks) - 1)]
-        yield make_example(task, seed, index, image_size, grounding_format)
+        yield make_example(task, seed, index, image_size, grounding_format, reading_size)
 
 
 # ---------------------------------------------------------------------------------------------- files
