@@ -89,6 +89,13 @@ def test_config_errors_name_the_key(tmp_path):
         config_from_dict(stage_config(tmp_path, batch={"global_batch_size": 6})).accumulation(4)
     with pytest.raises(ConfigError, match="would be training examples"):
         config_from_dict(stage_config(tmp_path, eval={"every": 5, "seed": 5}))
+    for bad in ([224], [224, 14], [56, 28], ["224", 28]):
+        with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.reading_size: .*\[width, height\]"):
+            config_from_dict(stage_config(tmp_path, data={"sources": [{"type": "synthetic", "reading_size": bad}]}))
+    with pytest.raises(ConfigError, match=r"eval\.reading_size"):
+        config_from_dict(stage_config(tmp_path, eval={"reading_size": [28, 28]}))
+    ok = config_from_dict(stage_config(tmp_path, data={"sources": [{"type": "synthetic", "reading_size": [224, 28]}]}))
+    assert ok.data.sources[0].reading_size == [224, 28]
 
 
 def test_yaml_and_set_overrides(tmp_path):
@@ -103,3 +110,18 @@ def test_shipped_stage_configs_parse(name):
     config = load_config(CONFIGS / name)
     assert config.data.sources and config.optim.max_steps > 0
     config.accumulation(1)
+
+
+def test_bf16_is_flagged_where_the_cpu_would_emulate_it(monkeypatch):
+    import torch
+
+    from zamba2vl.train import trainer
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(trainer, "cpu_has_native_gemm", lambda dtype: False)
+    assert trainer.emulated_bf16("bf16", cpu)
+    assert not trainer.emulated_bf16("auto", cpu) and not trainer.emulated_bf16("none", cpu)
+    assert not trainer.emulated_bf16("bf16", gpu)
+    assert trainer.resolve_autocast("auto", cpu) is None  # auto keeps fp32 there
+    monkeypatch.setattr(trainer, "cpu_has_native_gemm", lambda dtype: True)
+    assert not trainer.emulated_bf16("bf16", cpu) and trainer.resolve_autocast("auto", cpu) == torch.bfloat16

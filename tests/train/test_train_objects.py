@@ -26,18 +26,19 @@ def test_targets_mark_the_cell_of_each_centre_with_its_kind_and_box():
     # centre (40, 11), cell (row 0, col 1) = token 1. Object 1 (kind 7) centre (84, 98): cell (3, 3) = token 15.
     annotation = {"size": [112, 112], "kinds": [5, 7], "boxes": [[30, 2, 50, 20], [70, 90, 98, 106]]}
     t = object_targets(annotation, (1, 8, 8), K)
-    assert t.shape == (16, target_width(K)) == (16, K + 6)
+    assert t.shape == (16, target_width(K)) == (16, K + 7)
     assert t[:, -1].tolist() == [1.0] * 16  # every token of an annotated image counts
     assert torch.nonzero(t[:, :K]).tolist() == [[1, 5], [15, 7]]
     assert t[:, K + 4].tolist() == [1.0 if i in (1, 15) else 0.0 for i in range(16)]
     assert torch.allclose(t[1, K:K + 4], torch.tensor([30, 2, 50, 20]) / 28)
     assert torch.allclose(t[15, K:K + 4], torch.tensor([70, 90, 98, 106]) / 28)
+    assert t[:, K + 5].tolist() == [5.0 if i == 1 else 7.0 if i == 15 else K for i in range(16)]  # K: nothing
     # The annotation is in the image's own pixels: the same objects on a 224-pixel image the processor
     # shrank to 112 (grid 8x8) land in the same cells, with boxes in the resized image's cells.
     big = {"size": [224, 224], "kinds": [5, 7], "boxes": [[2 * v for v in b] for b in annotation["boxes"]]}
     assert torch.equal(object_targets(big, (1, 8, 8), K), t)
     # No annotation: zeros, flag 0.
-    assert torch.equal(object_targets(None, (1, 4, 6), K), torch.zeros(6, K + 6))
+    assert torch.equal(object_targets(None, (1, 4, 6), K), torch.zeros(6, K + 7))
 
 
 def test_two_centres_in_one_cell_keep_both_kinds_and_the_larger_box():
@@ -45,6 +46,7 @@ def test_two_centres_in_one_cell_keep_both_kinds_and_the_larger_box():
     t = object_targets(annotation, (1, 4, 4), K)
     assert torch.nonzero(t[:, :K]).tolist() == [[0, 0], [0, 3]]
     assert torch.allclose(t[0, K:K + 4], torch.tensor([4, 12, 24, 26]) / 28)
+    assert t[0, K + 5] == 3  # the softmax's label: the larger object's kind
 
 
 def test_a_bad_annotation_is_an_input_error():
@@ -79,6 +81,26 @@ def test_loss_is_each_annotated_images_mean_token_loss_summed():
     assert torch.equal(ObjectMap(16, K, seed=2).proj.weight, head.proj.weight)
     assert not torch.equal(ObjectMap(16, K, seed=3).proj.weight, head.proj.weight)
 
+    # kind_loss="softmax": K + 1 classes (the last: nothing here), cross-entropy towards the cell's kind.
+    soft = ObjectMap(hidden_size=16, n_kinds=K, box_weight=0.5, seed=2, kind_loss="softmax")
+    assert soft.proj.out_features == K + 1 + 4
+    loss, images = soft(feats, targets, grids, unit=4)
+
+    def by_hand_softmax(f, t):
+        out = soft.proj(f)
+        total = 0.0
+        for i in range(len(f)):
+            label = int(t[i, K + 5])
+            ce = -torch.log_softmax(out[i, :K + 1], -1)[label]
+            l1 = sum(abs(out[i, K + 1 + j] - t[i, K + j]) for j in range(4)) if t[i, K + 4] else 0.0
+            total = total + ce + 0.5 * l1
+        return total / len(f)
+
+    want = by_hand_softmax(feats[:4], targets[:4]) + by_hand_softmax(feats[6:], targets[6:])
+    assert images == 2 and torch.allclose(loss, want, atol=1e-5)
+    with pytest.raises(ValueError, match="kind_loss"):
+        ObjectMap(16, K, kind_loss="focal")
+
 
 def test_synthetic_counting_and_grounding_carry_annotations_in_token_order():
     # The encoder's targets follow the merged tokens' order: the token marked with an object's kind holds pixels of
@@ -96,7 +118,7 @@ def test_synthetic_counting_and_grounding_carry_annotations_in_token_order():
         seen[task] += 1
         example = encoder(messages)
         targets = example.objects
-        assert targets.shape == (16, K + 6)
+        assert targets.shape == (16, K + 7)
         if task == "bar_chart":
             assert "objects" not in messages[0]["content"][0] and not targets.any()
             continue
@@ -109,7 +131,33 @@ def test_synthetic_counting_and_grounding_carry_annotations_in_token_order():
             assert ((own - colour[None, :, None, None]).abs().amax(1) < 0.02).sum() >= 20, (where, token, kind)
     assert min(seen.values()) > 0
     batch = collate([encoder(source.messages(i)[0]) for i in range(3)])
-    assert batch.objects.shape == (48, K + 6)
+    assert batch.objects.shape == (48, K + 7)
+
+
+def test_banner_reading_letters_land_on_their_tokens_left_to_right():
+    # reading_size (224, 28): one row of 8 merged tokens; each letter's kind is on the token whose 28-pixel
+    # column holds the letter's centre, so the marked tokens read the word from left to right.
+    proc = processor()
+    encoder = ConversationEncoder(proc, object_kinds=K + len(synthetic.LETTERS))
+    source = SyntheticSource(tasks=["reading", "counting"], seed=3, image_size=112, letters=True,
+                             reading_size=[224, 28])
+    n_reading = 0
+    for i in range(10):
+        messages, where = source.messages(i)
+        example = encoder(messages)
+        if not where.startswith("synthetic:reading"):
+            assert example.image_grid_thw.tolist() == [[1, 8, 8]]
+            continue
+        n_reading += 1
+        assert example.image_grid_thw.tolist() == [[1, 2, 16]] and example.objects.shape == (8, K + 26 + 7)
+        annotation = messages[0]["content"][0]["objects"]
+        word = "".join(synthetic.LETTERS[k - K] for k in annotation["kinds"])
+        centres = [(b[0] + b[2]) / 2 for b in annotation["boxes"]]
+        expected = sorted({(int(c // 28), ch) for c, ch in zip(centres, word)})
+        marked = sorted((t, synthetic.LETTERS[k]) for t, k in torch.nonzero(example.objects[:, K:K + 26]).tolist())
+        assert marked == expected, (word, marked)
+        assert centres == sorted(centres)  # the letters' centres run left to right
+    assert n_reading > 0
 
 
 def test_objects_loss_trains_the_vision_side_only(tmp_path):
@@ -209,3 +257,38 @@ def test_a_killed_run_with_the_objects_head_resumes_exactly(tmp_path):
     a, b = straight_and_resumed(tmp_path, config)
     assert sorted(a) == sorted(b) == list(range(1, 6))
     assert [b[s] for s in range(1, 6)] == [a[s] for s in range(1, 6)]
+
+
+def test_vision_stage_trains_tower_and_merger_from_the_auxiliary_losses_alone(tmp_path):
+    from zamba2vl.model import Zamba2VL
+    from zamba2vl.train.build import load_model
+
+    out = tmp_path / "vision"
+    config = stage_config(out, stage="vision", optim={"max_steps": 3, "loss_per": "sample"},
+                          data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
+                                             "tasks": ["counting", "bar_chart"]}]},
+                          checkpoint={"every": 3}, objects={"weight": 1.0}, reconstruction={"weight": 0.5})
+    train_in_process(config)
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:  # no language-model loss: what was minimised is the two auxiliary losses alone
+        assert r["lm_loss"] == 0.0 and r["reconstruction_mse"] > 0 and r["loss"] > 0
+    assert any(r["objects_loss"] > 0 for r in rows)  # (a step of bar charts only has no annotated image)
+    before = load_model(config_from_dict(config).model).state_dict()
+    after = Zamba2VL.from_pretrained(out / "checkpoints" / "step-000003").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("vision_tower.") for k in changed)  # the language model is untouched
+    assert any(k.startswith("vision_tower.merger.") for k in changed)
+    assert any(k.startswith("vision_tower.blocks.") for k in changed)
+
+
+def test_vision_stage_settings_are_checked(tmp_path):
+    base = dict(stage="vision", eval={"every": 0, "at_end": False})
+    with pytest.raises(ConfigError, match="auxiliary objectives alone"):
+        config_from_dict(stage_config(tmp_path, **base))
+    with pytest.raises(ConfigError, match="eval"):
+        config_from_dict(stage_config(tmp_path, stage="vision", objects={"weight": 1.0},
+                                      eval={"every": 10, "at_end": False}))
+    with pytest.raises(ConfigError, match="freeze.language_model"):
+        config_from_dict(stage_config(tmp_path, **base, objects={"weight": 1.0},
+                                      freeze={"language_model": False}))

@@ -1,6 +1,6 @@
 """The stage YAML of `zamba2vl train`: one dataclass per section, unknown keys refused by their full path.
 
-    stage: sft                      # align | pretrain | sft (decides which parts train, see STAGE_TRAINS)
+    stage: sft                      # align | pretrain | sft | vision (decides which parts train, see STAGE_TRAINS)
     seed: 0
     output_dir: runs/sft
     model: {path: ckpt/}            # or {text: ..., vision: ...} (build from parts) or {config: {...}} (random)
@@ -32,8 +32,11 @@ from zamba2vl.errors import ConfigError
 
 PARTS = ("vision_tower", "merger", "language_model")
 # What each stage trains by default. align: only the adapter learns to map the frozen tower into the frozen LM;
-# pretrain: everything; sft: the tower stays as pre-trained, adapter and LM follow the instructions.
+# pretrain: everything; sft: the tower stays as pre-trained, adapter and LM follow the instructions; vision: the
+# tower and adapter learn from the auxiliary objectives alone (objects, reconstruction), without running the language
+# model, which makes a step several times cheaper (a pre-stage that teaches the tower what is in an image).
 STAGE_TRAINS = {
+    "vision": ("vision_tower", "merger"),
     "align": ("merger",),
     "pretrain": ("vision_tower", "merger", "language_model"),
     "sft": ("merger", "language_model"),
@@ -97,7 +100,19 @@ class SourceSection:
     curriculum: list | None = None
     seed: int = 0  # synthetic: the example stream (keep it different from eval.seed)
     image_size: int = 224
+    # synthetic: the reading task's own canvas, [width, height] (e.g. [224, 28]: a one-row banner whose letters
+    # are as tall as a patch); default image_size
+    reading_size: list[int] | None = None
     grounding_format: str = "json"  # synthetic: "json" (Qwen2.5-VL's [{"bbox_2d": ..., "label": ...}]) or "box"
+
+
+def _check_reading_size(size, where: str) -> None:
+    if size is None:
+        return
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v >= 28 for v in size)
+            and size[0] * size[1] >= 56 * 56):
+        raise ConfigError(f"{where}: {size!r}; give [width, height] in pixels, each >= 28 and 56x56 in all "
+                          "(e.g. [224, 28])")
 
 
 @dataclass
@@ -159,6 +174,7 @@ class EvalSection:
     tasks: list[str] | None = None  # default: all synthetic tasks
     seed: int = 1_000_003  # held out: different from every training source's seed
     image_size: int = 224
+    reading_size: list[int] | None = None  # the reading task's canvas (as data.sources[].reading_size)
     max_new_tokens: int = 32
     at_end: bool = True
 
@@ -184,6 +200,9 @@ class ObjectsSection:
     box_weight: float = 1.0  # the box's L1 error (in merged-token cells) against the kinds' cross-entropy
     # Also the reading task's letters as 26 more kinds (each letter's glyph box, centre cell and letter).
     letters: bool = False
+    # bce: one sigmoid per kind (several kinds may share a cell); softmax: one softmax over the kinds and "nothing",
+    # towards the kind of the cell's (largest) object (train/objects.py).
+    kind_loss: str = "bce"
 
 
 @dataclass
@@ -224,6 +243,8 @@ class TrainConfig:
             if s.type == "synthetic" and s.seed == self.eval.seed and self.eval.every:
                 raise ConfigError(f"data.sources[{i}].seed equals eval.seed ({s.seed}): the held-out examples "
                                   "would be training examples; pick another seed")
+            _check_reading_size(s.reading_size, f"data.sources[{i}].reading_size")
+        _check_reading_size(self.eval.reading_size, "eval.reading_size")
         if self.precision.autocast not in ("bf16", "none", "auto"):
             raise ConfigError(f"precision.autocast: {self.precision.autocast!r}; use bf16, none or auto")
         if self.optim.loss_per not in ("token", "sample", "sqrt"):
@@ -235,6 +256,17 @@ class TrainConfig:
             raise ConfigError(f"reconstruction: weight must be >= 0 and pool >= 1, got {self.reconstruction}")
         if not (self.objects.weight >= 0 and self.objects.box_weight >= 0):
             raise ConfigError(f"objects: weight and box_weight must be >= 0, got {self.objects}")
+        if self.objects.kind_loss not in ("bce", "softmax"):
+            raise ConfigError(f"objects.kind_loss: {self.objects.kind_loss!r}; use bce or softmax")
+        if self.stage == "vision":
+            if not (self.objects.weight > 0 or self.reconstruction.weight > 0):
+                raise ConfigError("stage: vision trains on the auxiliary objectives alone; set objects.weight or "
+                                  "reconstruction.weight > 0")
+            if self.trains("language_model"):
+                raise ConfigError("stage: vision does not run the language model; leave freeze.language_model unset")
+            if self.eval.every or self.eval.at_end:
+                raise ConfigError("stage: vision does not train the language model, so it cannot answer the held-out "
+                                  "questions; set eval: {every: 0, at_end: false}")
         b = self.batch
         if b.global_batch_size < 1 or b.micro_batch_size < 1:
             raise ConfigError("batch sizes must be >= 1")

@@ -34,7 +34,7 @@ class Example:
     labels: torch.Tensor  # [L] int64: the token id where it is the assistant's, else IGNORE
     pixel_values: torch.Tensor | None  # [patches, 588] float32
     image_grid_thw: torch.Tensor | None  # [images, 3] int64
-    # [merged image tokens, n_kinds + 6] targets of the objects objective (train/objects.py), when it is on
+    # [merged image tokens, n_kinds + 7] targets of the objects objective (train/objects.py), when it is on
     objects: torch.Tensor | None = None
 
     @property
@@ -147,7 +147,7 @@ class Batch:
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
     num_loss_tokens: int
-    objects: torch.Tensor | None = None  # [merged image tokens, n_kinds + 6], the images' order
+    objects: torch.Tensor | None = None  # [merged image tokens, n_kinds + 7], the images' order
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731

@@ -34,12 +34,14 @@ class CausalLMLoss(nn.Module):
     loss adds weight x (the sum over the batch's images of each image's reconstruction error); the language
     model's part and the reconstruction error of the last call are kept in ``last_parts`` (detached tensors).
     Likewise ``objects`` (an ``ObjectMap``) adds ``objects_weight`` x the sum over annotated images of each one's
-    objects loss, when the call passes ``object_targets``."""
+    objects loss, when the call passes ``object_targets``. With ``language_model=False`` (``stage: vision``) only
+    the auxiliary losses are computed: the language model does not run and the LM part is 0."""
 
     def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None,
                  reconstruction: nn.Module | None = None, reconstruction_weight: float = 0.0,
-                 objects: nn.Module | None = None, objects_weight: float = 0.0):
+                 objects: nn.Module | None = None, objects_weight: float = 0.0, language_model: bool = True):
         super().__init__()
+        self.language_model = language_model
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.reconstruction = reconstruction
@@ -67,13 +69,21 @@ class CausalLMLoss(nn.Module):
         b, L = input_ids.shape
         recon = self.reconstruction is not None and pixel_values is not None
         objects = self.objects is not None and pixel_values is not None and object_targets is not None
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        if not self.language_model:
+            with self.autocast():
+                features = vl.get_image_features(pixel_values, image_grid_thw) if recon or objects else None
+            loss = self._add_auxiliary(torch.zeros((), device=input_ids.device), features, pixel_values,
+                                       image_grid_thw, object_targets, recon, objects)
+            if not loss.requires_grad:  # a micro-batch without images: a zero gradient, so every process steps alike
+                loss = loss + 0.0 * sum(p.sum() for p in vl.vision_tower.parameters() if p.requires_grad)
+            return loss, keep.sum()
         with self.autocast():
             features = vl.get_image_features(pixel_values, image_grid_thw) if recon or objects else None
             embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
             positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
             hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
-            targets = labels[:, 1:]
-            keep = targets != IGNORE
             logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
         if row_weights is None:
             loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
@@ -81,6 +91,13 @@ class CausalLMLoss(nn.Module):
             per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
             weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
             loss = (per_token * weights).sum()
+        return self._add_auxiliary(loss, features, pixel_values, image_grid_thw, object_targets, recon, objects), \
+            keep.sum()
+
+    def _add_auxiliary(self, loss, features, pixel_values, image_grid_thw, object_targets, recon: bool,
+                       objects: bool) -> torch.Tensor:
+        """The LM's summed loss plus the weighted auxiliary losses; records the parts in ``last_parts``."""
+        vl = self.model
         zero = torch.zeros((), device=loss.device)
         self.last_parts = {"lm": loss.detach(), "reconstruction": zero, "images": 0, "objects": zero,
                            "annotated": 0}
@@ -93,4 +110,4 @@ class CausalLMLoss(nn.Module):
                                             vl.config.vision_config.spatial_merge_size**2)
             self.last_parts.update(objects=error.detach(), annotated=annotated)
             loss = loss + self.objects_weight * error
-        return loss, keep.sum()
+        return loss

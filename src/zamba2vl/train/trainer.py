@@ -66,6 +66,11 @@ def resolve_autocast(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_gemm(torch.bfloat16) else None
 
 
+def emulated_bf16(setting: str, device: torch.device) -> bool:
+    """Whether ``precision.autocast: bf16`` asks for bf16 on a CPU that would emulate it (slowly)."""
+    return setting == "bf16" and device.type == "cpu" and not cpu_has_native_gemm(torch.bfloat16)
+
+
 def object_kinds(config: TrainConfig) -> int:
     """How many kinds the objects objective tells apart: the shapes x colours, and the letters when annotated."""
     return len(KINDS) + (len(LETTERS) if config.objects.letters else 0)
@@ -83,7 +88,7 @@ def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
         else:
             sources.append(SyntheticSource(name=s.name, tasks=s.tasks, task_weights=s.task_weights, seed=s.seed,
                                            image_size=s.image_size, curriculum=s.curriculum,
-                                           grounding_format=s.grounding_format,
+                                           grounding_format=s.grounding_format, reading_size=s.reading_size,
                                            letters=config.objects.weight > 0 and config.objects.letters))
     encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                                   object_kinds=object_kinds(config) if config.objects.weight > 0 else None)
@@ -161,9 +166,9 @@ class Trainer:
         self.objects = None
         if c.objects.weight > 0:
             self.objects = ObjectMap(self.model.config.text_config.hidden_size, object_kinds(c), c.objects.box_weight,
-                                     seed=c.model.init_seed).to(self.dist.device)
+                                     seed=c.model.init_seed, kind_loss=c.objects.kind_loss).to(self.dist.device)
         self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
-                                       self.objects, c.objects.weight)
+                                       self.objects, c.objects.weight, language_model=c.stage != "vision")
         self.wrapped: torch.nn.Module = self.loss_model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -327,6 +332,11 @@ class Trainer:
                   f"{d.world} process(es) x {self.accumulation} micro-batch(es) of {self.micro}; autocast "
                   f"{self.autocast_dtype or 'off'}; {self.index_skips} bad record(s) skipped while indexing",
                   file=sys.stderr, flush=True)
+            if emulated_bf16(c.precision.autocast, d.device):
+                print("zamba2vl train: warning: precision.autocast is bf16, but this CPU has no native bf16 matrix "
+                      "units (AVX512-BF16 or AMX), so bf16 is emulated and a step is several times slower than in "
+                      "fp32 (the nano config: 16x on a 2-core AVX2 EPYC). Use --set precision.autocast=auto (bf16 "
+                      "only where it is native) or none.", file=sys.stderr, flush=True)
         bar = tqdm(total=c.optim.max_steps, initial=self.step, desc=f"train {c.stage}", unit="step",
                    disable=not (self.progress and d.is_main) or None)
         log = open(self.out / "loss.jsonl", "a", encoding="utf-8") if d.is_main else None
