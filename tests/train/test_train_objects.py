@@ -282,6 +282,33 @@ def test_vision_stage_trains_tower_and_merger_from_the_auxiliary_losses_alone(tm
     assert any(k.startswith("vision_tower.blocks.") for k in changed)
 
 
+def test_vision_stage_loss_without_images_is_a_zero_gradient():
+    # stage: vision skips the language model; a micro-batch without images still backpropagates (zeros), so every
+    # process of a DDP run reduces the same parameters.
+    from zamba2vl.train.build import random_model
+
+    config = tiny_vl_config()
+    model = random_model(config, seed=1)
+    head = ObjectMap(config.text_config.hidden_size, K)
+    loss_fn = CausalLMLoss(model, None, objects=head, objects_weight=1.0, language_model=False)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    labels = torch.tensor([[-100, -100, 6, 7]])
+    loss, count = loss_fn(ids, labels)
+    assert loss.item() == 0.0 and count == 2 and loss.requires_grad
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in head.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in model.vision_tower.parameters())
+    # With an annotated image only the auxiliary loss counts: no language-model term.
+    grid = torch.tensor([[1, 4, 4]])
+    pixels = torch.randn(16, 3 * 14 * 14)
+    targets = object_targets({"size": [56, 56], "kinds": [4], "boxes": [[3, 3, 20, 20]]}, (1, 4, 4), K)
+    ids = torch.tensor([[1] + [config.image_token_index] * 4 + [5, 6]])
+    labels = torch.tensor([[-100] * 6 + [6]])
+    loss, _ = loss_fn(ids, labels, pixels, grid, None, targets)
+    error, _ = head(model.get_image_features(pixels, grid), targets, grid, unit=4)
+    assert torch.allclose(loss, error, atol=1e-6) and loss_fn.last_parts["lm"].item() == 0.0
+
+
 def test_vision_stage_settings_are_checked(tmp_path):
     base = dict(stage="vision", eval={"every": 0, "at_end": False})
     with pytest.raises(ConfigError, match="auxiliary objectives alone"):

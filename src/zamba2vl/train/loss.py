@@ -77,7 +77,7 @@ class CausalLMLoss(nn.Module):
             loss = self._add_auxiliary(torch.zeros((), device=input_ids.device), features, pixel_values,
                                        image_grid_thw, object_targets, recon, objects)
             if not loss.requires_grad:  # a micro-batch without images: a zero gradient, so every process steps alike
-                loss = loss + 0.0 * sum(p.sum() for p in vl.vision_tower.parameters() if p.requires_grad)
+                loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
             return loss, keep.sum()
         with self.autocast():
             features = vl.get_image_features(pixel_values, image_grid_thw) if recon or objects else None
