@@ -44,8 +44,9 @@ def test_reading_size_flag():
     parser = add_eval_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--model", "oracle", "--bench", "synthetic", "--synthetic-reading-size", "224x28"])
     assert args.synthetic_reading_size == [224, 28]
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--model", "oracle", "--bench", "synthetic", "--synthetic-reading-size", "224"])
+    for bad in ("224", "224x14", "56x28"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--model", "oracle", "--bench", "synthetic", "--synthetic-reading-size", bad])
 
 
 def test_banners_are_evaluated_as_drawn():

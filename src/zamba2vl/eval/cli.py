@@ -75,6 +75,8 @@ def _width_height(text: str) -> list[int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 224x28") from None
+    if min(w, h) < 28 or w * h < 56 * 56:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small: each side >= 28 pixels and 56x56 in all, e.g. 224x28")
     return [w, h]
 
 
