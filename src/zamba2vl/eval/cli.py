@@ -71,13 +71,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def _width_height(text: str) -> list[int]:
+    from zamba2vl.train.synthetic import reading_canvas
+
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 224x28") from None
-    if min(w, h) < 28 or w * h < 56 * 56:
-        raise argparse.ArgumentTypeError(f"{text!r} is too small: each side >= 28 pixels and 56x56 in all, e.g. 224x28")
-    return [w, h]
+    try:
+        return list(reading_canvas([w, h]))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
 
 
 def _train_eval_section(model: str) -> dict:

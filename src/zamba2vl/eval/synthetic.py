@@ -19,10 +19,9 @@ SYNTHETIC_MIN_PIXELS = 4 * 28 * 28  # the smallest canvas make_example draws (56
 
 def load_synthetic(_: str, config: EvalConfig) -> list[EvalSample]:
     opts = {"rows": 64, "seed": 1234, "image_size": 224, "reading_size": None, **config.synthetic}
-    reading_size = tuple(opts["reading_size"]) if opts["reading_size"] else None
     samples = []
     for ex in tasks.generate(tasks.TASKS, n=opts["rows"], seed=opts["seed"], image_size=opts["image_size"],
-                             reading_size=reading_size):
+                             reading_size=opts["reading_size"]):
         fields = {"question": ex.question, "answer": ex.answer, "category": ex.task, "example": ex}
         samples.append(EvalSample(index=ex.id, fields=fields, images=[ImageRef("pil", ex.image)]))
     return samples

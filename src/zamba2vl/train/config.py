@@ -109,10 +109,12 @@ class SourceSection:
 def _check_reading_size(size, where: str) -> None:
     if size is None:
         return
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v >= 28 for v in size)
-            and size[0] * size[1] >= 56 * 56):
-        raise ConfigError(f"{where}: {size!r}; give [width, height] in pixels, each >= 28 and 56x56 in all "
-                          "(e.g. [224, 28])")
+    from zamba2vl.train.synthetic import reading_canvas  # (Pillow and numpy: only when a config sets one)
+
+    try:
+        reading_canvas(size)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}; give [width, height] in pixels, e.g. [224, 28]") from None
 
 
 @dataclass

@@ -30,8 +30,7 @@ class EvalResult:
 def held_out_examples(section: EvalSection) -> list[synthetic.SyntheticExample]:
     """``n_per_task`` examples of each task: indices 0.. of ``make_example`` under the eval seed."""
     tasks = section.tasks or synthetic.TASKS
-    reading_size = tuple(section.reading_size) if section.reading_size else None
-    return [synthetic.make_example(task, section.seed, i, section.image_size, reading_size=reading_size)
+    return [synthetic.make_example(task, section.seed, i, section.image_size, reading_size=section.reading_size)
             for task in tasks for i in range(section.n_per_task)]
 
 

@@ -71,16 +71,15 @@ class CausalLMLoss(nn.Module):
         objects = self.objects is not None and pixel_values is not None and object_targets is not None
         targets = labels[:, 1:]
         keep = targets != IGNORE
+        with self.autocast():
+            features = vl.get_image_features(pixel_values, image_grid_thw) if recon or objects else None
         if not self.language_model:
-            with self.autocast():
-                features = vl.get_image_features(pixel_values, image_grid_thw) if recon or objects else None
             loss = self._add_auxiliary(torch.zeros((), device=input_ids.device), features, pixel_values,
                                        image_grid_thw, object_targets, recon, objects)
             if not loss.requires_grad:  # a micro-batch without images: a zero gradient, so every process steps alike
                 loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
             return loss, keep.sum()
         with self.autocast():
-            features = vl.get_image_features(pixel_values, image_grid_thw) if recon or objects else None
             embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
             positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
             hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end

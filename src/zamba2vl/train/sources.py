@@ -273,7 +273,7 @@ class SyntheticSource:
         self.tasks = tuple(tasks or synthetic.TASKS)
         self.task_weights = task_weights
         self.seed, self.image_size = seed, image_size
-        self.reading_size = tuple(reading_size) if reading_size else None
+        self.reading_size = reading_size
         self.phases = _check_curriculum(curriculum, len(self.tasks), self.name)
         for until, weights in self.phases:  # fail now on unknown tasks or bad weights
             next(synthetic.generate(self.tasks, n=1, seed=seed, image_size=image_size, weights=weights,

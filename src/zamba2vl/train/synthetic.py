@@ -92,6 +92,15 @@ def _image_size(image_size: int | Sequence[int], min_side: int = _MIN_SIZE) -> t
     return int(width), int(height)
 
 
+def reading_canvas(size) -> tuple[int, int]:
+    """A ``reading_size`` ([width, height] in pixels) checked as ``make_example`` draws it; ValueError if it is not
+    one (what the train config and ``zamba2vl eval --synthetic-reading-size`` check their values with)."""
+    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2 \
+            or not all(isinstance(v, int) for v in size):
+        raise ValueError(f"reading size {size!r} is not [width, height] in whole pixels")
+    return _image_size(size, _MIN_BANNER_SIDE)
+
+
 def _light_background(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, list[int]]:
     """An (height, width, 3) uint8 canvas of one random light colour, and that colour."""
     background = [int(v) for v in rng.integers(215, 256, size=3)]
@@ -335,7 +344,7 @@ def object_annotation(example: SyntheticExample, letters: bool = False) -> dict 
 
 def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, int] = 224,
                  grounding_format: str = "json",
-                 reading_size: int | tuple[int, int] | None = None) -> SyntheticExample:
+                 reading_size: int | Sequence[int] | None = None) -> SyntheticExample:
     """Example `index` of `task` under `seed`. `image_size` is a side or (width, height); `reading_size`, if
     given, is the reading task's instead (e.g. (224, 28): a one-row banner whose letters span a 14-pixel patch).
 
@@ -348,7 +357,7 @@ def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, 
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     if task == "reading" and reading_size:
-        width, height = _image_size(reading_size, _MIN_BANNER_SIDE)
+        width, height = _image_size(reading_size, _MIN_BANNER_SIDE)  # (an int: a square)
     else:
         width, height = _image_size(image_size)
     rng = np.random.default_rng([seed, _TASK_IDS[task], index])
@@ -363,7 +372,7 @@ def make_example(task: str, seed: int, index: int, image_size: int | tuple[int, 
 def generate(tasks: Sequence[str] = TASKS, n: int = 1000, seed: int = 0, image_size: int | tuple[int, int] = 224,
              weights: Sequence[float] | None = None, start: int = 0,
              grounding_format: str = "json",
-             reading_size: int | tuple[int, int] | None = None) -> Iterator[SyntheticExample]:
+             reading_size: int | Sequence[int] | None = None) -> Iterator[SyntheticExample]:
     """Examples `start .. start+n-1` of a mixture of `tasks`; each index's task is drawn with `weights`.
 
     Use different seeds for training and evaluation sets: within a seed, index i of a task is always the same.
