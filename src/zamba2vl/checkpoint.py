@@ -41,6 +41,10 @@ def resolve_model_dir(path_or_id: str | os.PathLike, *, revision: str | None = N
             raise CheckpointError(f"the shipped model is missing from this installation ({shipped}); reinstall "
                                   "zamba2vl, or pass a checkpoint folder or Hub id")
         return shipped
+    if p.is_file() and p.name == "latest":  # a training run's pointer to its newest checkpoint (train/checkpoints.py)
+        target = p.parent / p.read_text(encoding="utf-8").strip()
+        if target.name.startswith("step-") and target.is_dir():
+            return target
     if p.exists():
         raise CheckpointError(f"{s} is a file; pass the model folder that contains config.json.")
     if s.count("/") != 1 or s.startswith((".", "/", "~")):

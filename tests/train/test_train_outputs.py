@@ -37,6 +37,10 @@ def test_checkpoint_is_committed_by_rename_and_pruned(model, tmp_path):
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert names == ["latest", "step-000010", "step-000015"]
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step-000015"
+    # Anything that takes a model folder also takes the run's `latest` pointer file.
+    from zamba2vl.checkpoint import resolve_model_dir
+
+    assert resolve_model_dir(tmp_path / "ckpt" / "latest") == tmp_path / "ckpt" / "step-000015"
     # A half-written checkpoint (the process died before the rename) is never picked.
     writer.begin(20)
     (writer.tmp(20) / "model.safetensors").write_bytes(b"partial")
