@@ -40,6 +40,21 @@ def test_reading_canvas_from_the_models_training_config(tmp_path):
     assert sizes["reading"] == (224, 28) and sizes["counting"] == (112, 112)
 
 
+def test_the_training_config_is_read_once(tmp_path, monkeypatch):
+    # Both sizes come from one read of the model's folder (a Hub id is resolved once), and none when both flags
+    # are given.
+    from zamba2vl.eval import cli
+
+    (tmp_path / "train_config.yaml").write_text("eval: {image_size: 112, reading_size: [224, 28]}\n")
+    reads = []
+    real = cli._train_eval_section
+    monkeypatch.setattr(cli, "_train_eval_section", lambda model: reads.append(model) or real(model))
+    assert _synthetic_options(_args(str(tmp_path)))["reading_size"] == [224, 28]
+    assert reads == [str(tmp_path)]
+    opts = _synthetic_options(_args(str(tmp_path), 168, [280, 56]))
+    assert (opts["image_size"], opts["reading_size"], reads) == (168, [280, 56], [str(tmp_path)])
+
+
 def test_reading_size_flag():
     parser = add_eval_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--model", "oracle", "--bench", "synthetic", "--synthetic-reading-size", "224x28"])

@@ -102,27 +102,32 @@ def _train_eval_section(model: str) -> dict:
     return section if isinstance(section, dict) else {}
 
 
-def _synthetic_image_size(args: argparse.Namespace) -> int:
-    """--synthetic-image-size, else the eval image size of the model's own training config, else 224."""
+def _synthetic_image_size(args: argparse.Namespace, trained: dict | None = None) -> int:
+    """--synthetic-image-size, else the eval image size of the model's own training config (``trained``, its eval
+    section, when the caller has read it already), else 224."""
     if args.synthetic_image_size:
         return args.synthetic_image_size
-    size = _train_eval_section(args.model).get("image_size")
+    size = (_train_eval_section(args.model) if trained is None else trained).get("image_size")
     return size if isinstance(size, int) else 224
 
 
 def _synthetic_options(args: argparse.Namespace) -> dict:
-    options = {"rows": args.synthetic_rows, "seed": args.synthetic_seed, "image_size": _synthetic_image_size(args)}
-    reading_size = _synthetic_reading_size(args)
+    # The model's training config is read (and a Hub id resolved) once, and only when a flag leaves a size to it.
+    both = args.synthetic_image_size and args.synthetic_reading_size
+    trained = {} if both else _train_eval_section(args.model)
+    options = {"rows": args.synthetic_rows, "seed": args.synthetic_seed,
+               "image_size": _synthetic_image_size(args, trained)}
+    reading_size = _synthetic_reading_size(args, trained)
     if reading_size:  # only when set, so runs without it keep their earlier settings (and resume)
         options["reading_size"] = reading_size
     return options
 
 
-def _synthetic_reading_size(args: argparse.Namespace) -> list[int] | None:
+def _synthetic_reading_size(args: argparse.Namespace, trained: dict | None = None) -> list[int] | None:
     """--synthetic-reading-size, else the reading canvas of the model's own training config, else None."""
     if args.synthetic_reading_size:
         return args.synthetic_reading_size
-    size = _train_eval_section(args.model).get("reading_size")
+    size = (_train_eval_section(args.model) if trained is None else trained).get("reading_size")
     return list(size) if isinstance(size, list) and len(size) == 2 else None
 
 

@@ -31,6 +31,7 @@ import yaml
 from zamba2vl.errors import ConfigError
 
 PARTS = ("vision_tower", "merger", "language_model")
+KIND_LOSSES = ("bce", "softmax")  # objects.kind_loss (train/objects.py)
 # What each stage trains by default. align: only the adapter learns to map the frozen tower into the frozen LM;
 # pretrain: everything; sft: the tower stays as pre-trained, adapter and LM follow the instructions; vision: the
 # tower and adapter learn from the auxiliary objectives alone (objects, reconstruction), without running the language
@@ -258,8 +259,8 @@ class TrainConfig:
             raise ConfigError(f"reconstruction: weight must be >= 0 and pool >= 1, got {self.reconstruction}")
         if not (self.objects.weight >= 0 and self.objects.box_weight >= 0):
             raise ConfigError(f"objects: weight and box_weight must be >= 0, got {self.objects}")
-        if self.objects.kind_loss not in ("bce", "softmax"):
-            raise ConfigError(f"objects.kind_loss: {self.objects.kind_loss!r}; use bce or softmax")
+        if self.objects.kind_loss not in KIND_LOSSES:
+            raise ConfigError(f"objects.kind_loss: {self.objects.kind_loss!r}; use one of {', '.join(KIND_LOSSES)}")
         if self.stage == "vision":
             if not (self.objects.weight > 0 or self.reconstruction.weight > 0):
                 raise ConfigError("stage: vision trains on the auxiliary objectives alone; set objects.weight or "

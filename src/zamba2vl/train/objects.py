@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zamba2vl.errors import InputError
+from zamba2vl.train.config import KIND_LOSSES
 from zamba2vl.train.reconstruction import image_sums
 
 
@@ -83,9 +84,6 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
                 rows_out[i, n_kinds + 4] = 1.0
                 rows_out[i, n_kinds + 5] = kind
     return out
-
-
-KIND_LOSSES = ("bce", "softmax")
 
 
 class ObjectMap(nn.Module):
