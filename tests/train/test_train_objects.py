@@ -319,3 +319,70 @@ def test_vision_stage_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="freeze.language_model"):
         config_from_dict(stage_config(tmp_path, **base, objects={"weight": 1.0},
                                       freeze={"language_model": False}))
+
+
+def test_letter_slots_name_each_cells_letters_left_to_right():
+    # A 112x28 banner: one row of 4 merged tokens. Letters (kinds K + index) centred at x 5, 20 (cell 0, given
+    # right to left) and 40 (cell 1); cell 2 and 3 hold none. Slots: 26 = none; the shapes' columns stay empty.
+    a, b, c = (K + synthetic.LETTERS.index(ch) for ch in "abc")
+    annotation = {"size": [112, 28], "kinds": [b, a, c], "boxes": [[16, 4, 24, 20], [1, 4, 9, 20], [36, 4, 44, 20]]}
+    t = object_targets(annotation, (1, 2, 8), K, letter_slots=3)
+    assert t.shape == (4, target_width(K, 3)) == (4, K + 10)
+    assert t[:, K + 6:K + 9].tolist() == [[0, 1, 26], [2, 26, 26], [26, 26, 26], [26, 26, 26]]
+    assert not t[:, :K + 5].any() and t[:, K + 5].tolist() == [K] * 4 and t[:, -1].tolist() == [1.0] * 4
+    # More letters in a cell than slots: the leftmost ones. An image without letters (or without annotation):
+    # -1 in every slot (no loss), its shapes as before.
+    four = {"size": [112, 28], "kinds": [a, b, c, a], "boxes": [[x, 4, x + 4, 20] for x in (1, 7, 13, 19)]}
+    assert object_targets(four, (1, 2, 8), K, letter_slots=3)[0, K + 6:K + 9].tolist() == [0, 1, 2]
+    shapes = {"size": [56, 56], "kinds": [3], "boxes": [[30, 4, 50, 22]]}
+    t = object_targets(shapes, (1, 4, 4), K, letter_slots=2)
+    assert torch.equal(t[:, :K + 6], object_targets(shapes, (1, 4, 4), K)[:, :K + 6])
+    assert (t[:, K + 6:K + 8] == -1).all()
+    assert (object_targets(None, (1, 4, 4), K, letter_slots=2)[:, K + 6:K + 8] == -1).all()
+    # Without slots a letter is out of range of the kinds.
+    with pytest.raises(InputError, match="one kind"):
+        object_targets(annotation, (1, 2, 8), K)
+
+
+def test_letter_slot_loss_is_the_cross_entropy_of_each_slot():
+    torch.manual_seed(0)
+    head = ObjectMap(hidden_size=16, n_kinds=K, box_weight=1.0, seed=2, kind_loss="softmax", letter_slots=2)
+    assert head.proj.out_features == K + 1 + 4 + 2 * 27
+    a, b = K, K + 1
+    banner = {"size": [56, 28], "kinds": [a, b], "boxes": [[2, 4, 10, 20], [14, 4, 22, 20]]}  # both in cell 0
+    shapes = {"size": [56, 56], "kinds": [3], "boxes": [[30, 4, 50, 22]]}
+    grids = torch.tensor([[1, 2, 4], [1, 4, 4]])
+    targets = torch.cat([object_targets(banner, (1, 2, 4), K, letter_slots=2),
+                         object_targets(shapes, (1, 4, 4), K, letter_slots=2)])
+    feats = torch.randn(6, 16)
+    loss, images = head(feats, targets, grids, unit=4)
+    out = head.proj(feats)
+
+    def kinds_and_box(i, t):
+        ce = -torch.log_softmax(out[i, :K + 1], -1)[int(t[K + 5])]
+        return ce + (sum(abs(out[i, K + 1 + j] - t[K + j]) for j in range(4)) if t[K + 4] else 0.0)
+
+    def slots(i, labels):
+        logits = out[i, K + 5:].view(2, 27)
+        return sum(-torch.log_softmax(logits[s], -1)[label] for s, label in enumerate(labels))
+
+    banner_loss = (kinds_and_box(0, targets[0]) + slots(0, [0, 1]) + kinds_and_box(1, targets[1]) + slots(1, [26, 26])) / 2
+    shapes_loss = sum(kinds_and_box(i, targets[i]) for i in range(2, 6)) / 4  # no letters: the slots add nothing
+    assert images == 2 and torch.allclose(loss, banner_loss + shapes_loss, atol=1e-5)
+
+
+def test_a_run_with_letter_slots_keeps_letters_out_of_the_kinds(tmp_path):
+    out = tmp_path / "run"
+    train_in_process(stage_config(out, optim={"max_steps": 2, "loss_per": "sample"},
+                                  data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
+                                                     "reading_size": [112, 28], "tasks": ["reading", "counting"]}]},
+                                  checkpoint={"every": 2},
+                                  objects={"weight": 1.0, "letters": True, "letter_slots": 3}))
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert all(r["objects_loss"] > 0 for r in rows)
+    state = torch.load(out / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
+    assert state["objects"]["proj.weight"].shape[0] == K + 4 + 3 * 27
+    with pytest.raises(ConfigError, match="letters: true"):
+        config_from_dict(stage_config(tmp_path / "b", objects={"weight": 1.0, "letter_slots": 3}))
+    with pytest.raises(ConfigError, match="letter_slots"):
+        config_from_dict(stage_config(tmp_path / "b", objects={"weight": 1.0, "letters": True, "letter_slots": 9}))

@@ -206,6 +206,9 @@ class ObjectsSection:
     # bce: one sigmoid per kind (several kinds may share a cell); softmax: one softmax over the kinds and "nothing",
     # towards the kind of the cell's (largest) object (train/objects.py).
     kind_loss: str = "bce"
+    # With letters: each merged token names the letters whose centres fall in its cell, left to right, in this many
+    # slots (one softmax over the 26 letters and "none" each) instead of letters being kinds; 0 = letters as kinds.
+    letter_slots: int = 0
 
 
 @dataclass
@@ -259,6 +262,10 @@ class TrainConfig:
             raise ConfigError(f"reconstruction: weight must be >= 0 and pool >= 1, got {self.reconstruction}")
         if not (self.objects.weight >= 0 and self.objects.box_weight >= 0):
             raise ConfigError(f"objects: weight and box_weight must be >= 0, got {self.objects}")
+        if not 0 <= self.objects.letter_slots <= 8:
+            raise ConfigError(f"objects.letter_slots: {self.objects.letter_slots}; use 0 (off) to 8")
+        if self.objects.letter_slots and not self.objects.letters:
+            raise ConfigError("objects.letter_slots names a reading image's letters; set objects.letters: true too")
         if self.objects.kind_loss not in KIND_LOSSES:
             raise ConfigError(f"objects.kind_loss: {self.objects.kind_loss!r}; use one of {', '.join(KIND_LOSSES)}")
         if self.stage == "vision":

@@ -39,20 +39,27 @@ from zamba2vl.train.config import KIND_LOSSES
 from zamba2vl.train.reconstruction import image_sums
 
 
-def target_width(n_kinds: int) -> int:
+def target_width(n_kinds: int, letter_slots: int = 0) -> int:
     """Columns of a target row: n_kinds multi-hot kinds, 4 box coordinates, has-box flag, the kind of the cell's
-    (largest) object (n_kinds: none), annotated flag."""
-    return n_kinds + 7
+    (largest) object (n_kinds: none), ``letter_slots`` letter slots, annotated flag."""
+    return n_kinds + 7 + letter_slots
 
 
 def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int, patch_size: int = 14,
-                   merge: int = 2) -> torch.Tensor:
-    """The targets [merged tokens, n_kinds + 6] of one image with grid (t, h, w) in patches. Tokens are in the
-    processor's order: row-major over the (h / merge) x (w / merge) cells, frame after frame. An image without
-    annotation gets rows of zeros (annotated flag 0: it adds no loss)."""
+                   merge: int = 2, letter_slots: int = 0, n_letters: int = 26) -> torch.Tensor:
+    """The targets [merged tokens, target_width(n_kinds, letter_slots)] of one image with grid (t, h, w) in
+    patches. Tokens are in the processor's order: row-major over the (h / merge) x (w / merge) cells, frame after
+    frame. An image without annotation gets rows of zeros (annotated flag 0: it adds no loss).
+
+    With ``letter_slots`` S > 0, annotated kinds n_kinds .. n_kinds + n_letters - 1 are letters (a reading image's,
+    ``synthetic.object_annotation(letters=True)``) and go to the slots rather than the kinds: slot i of a cell is
+    the i-th letter, left to right, whose box centre falls in the cell (0 .. n_letters - 1), or n_letters when the
+    cell holds fewer; -1 (no loss) on every slot of an image without letters."""
     t, h, w = (int(v) for v in grid_thw)
     rows, cols = h // merge, w // merge
-    out = torch.zeros(t * rows * cols, target_width(n_kinds))
+    out = torch.zeros(t * rows * cols, target_width(n_kinds, letter_slots))
+    if letter_slots:
+        out[:, n_kinds + 6:n_kinds + 6 + letter_slots] = -1
     if annotation is None:
         return out
     try:
@@ -61,8 +68,9 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
         boxes = [[float(v) for v in b] for b in annotation["boxes"]]
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"an image's 'objects' annotation needs size [w, h], kinds and boxes: {e}") from e
-    if len(kinds) != len(boxes) or any(len(b) != 4 for b in boxes) or any(not 0 <= k < n_kinds for k in kinds):
-        raise InputError(f"an image's 'objects' annotation must give one kind in [0, {n_kinds}) and one box "
+    limit = n_kinds + (n_letters if letter_slots else 0)
+    if len(kinds) != len(boxes) or any(len(b) != 4 for b in boxes) or any(not 0 <= k < limit for k in kinds):
+        raise InputError(f"an image's 'objects' annotation must give one kind in [0, {limit}) and one box "
                          f"[x1, y1, x2, y2] per object, got kinds {kinds} and boxes {boxes}")
     cell = patch_size * merge
     sx, sy = w * patch_size / width / cell, h * patch_size / height / cell  # image pixels -> cells
@@ -70,10 +78,14 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
     rows_out[:, -1] = 1.0
     rows_out[:, n_kinds + 5] = n_kinds  # "nothing here" until an object's centre lands in the cell
     area: dict[int, float] = {}
+    letters: dict[int, list[tuple[float, int]]] = {}  # cell -> [(centre x, letter)]
     for kind, (x1, y1, x2, y2) in zip(kinds, boxes):
         box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
         r = min(rows - 1, int((box[1] + box[3]) / 2))
         c = min(cols - 1, int((box[0] + box[2]) / 2))
+        if kind >= n_kinds:
+            letters.setdefault(r * cols + c, []).append(((box[0] + box[2]) / 2, kind - n_kinds))
+            continue
         size = (box[2] - box[0]) * (box[3] - box[1])
         for frame in range(t):
             i = frame * rows * cols + r * cols + c
@@ -83,20 +95,29 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
                 rows_out[i, n_kinds:n_kinds + 4] = box
                 rows_out[i, n_kinds + 4] = 1.0
                 rows_out[i, n_kinds + 5] = kind
+    if letters:
+        first = n_kinds + 6
+        for frame in range(t):
+            rows_out[frame * rows * cols:(frame + 1) * rows * cols, first:first + letter_slots] = n_letters
+            for cell, found in letters.items():
+                ordered = [letter for _, letter in sorted(found)][:letter_slots]
+                rows_out[frame * rows * cols + cell, first:first + len(ordered)] = ordered
     return out
 
 
 class ObjectMap(nn.Module):
     def __init__(self, hidden_size: int, n_kinds: int, box_weight: float = 1.0, seed: int = 0,
-                 kind_loss: str = "bce"):
+                 kind_loss: str = "bce", letter_slots: int = 0, n_letters: int = 26):
         super().__init__()
         if kind_loss not in KIND_LOSSES:
             raise ValueError(f"kind_loss {kind_loss!r}; use one of {KIND_LOSSES}")
         self.n_kinds = n_kinds
         self.box_weight = box_weight
         self.kind_loss = kind_loss
+        self.letter_slots = letter_slots
+        self.n_letters = n_letters
         self.n_logits = n_kinds + (kind_loss == "softmax")  # softmax: one more class, "nothing here"
-        self.proj = nn.Linear(hidden_size, self.n_logits + 4)
+        self.proj = nn.Linear(hidden_size, self.n_logits + 4 + letter_slots * (n_letters + 1))
         g = torch.Generator().manual_seed(seed + 1)  # the same head on every process and every run of a seed
         with torch.no_grad():
             bound = hidden_size**-0.5
@@ -116,7 +137,13 @@ class ObjectMap(nn.Module):
         else:
             kinds = F.binary_cross_entropy_with_logits(out[:, :k], t[:, :k], reduction="none").sum(-1)
         box = (out[:, n:n + 4] - t[:, k:k + 4]).abs().sum(-1) * t[:, k + 4]
-        return (kinds + self.box_weight * box) * t[:, -1]
+        loss = kinds + self.box_weight * box
+        if self.letter_slots:  # each slot: cross-entropy over the letters and "none"; -1 (no letters) adds nothing
+            s, c = self.letter_slots, self.n_letters + 1
+            logits = out[:, n + 4:n + 4 + s * c].reshape(-1, c)
+            labels = t[:, k + 6:k + 6 + s].long().reshape(-1)
+            loss = loss + F.cross_entropy(logits, labels, ignore_index=-1, reduction="none").view(-1, s).sum(-1)
+        return loss * t[:, -1]
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor,
                 image_grid_thw: torch.Tensor, unit: int) -> tuple[torch.Tensor, int]:

@@ -72,8 +72,9 @@ def emulated_bf16(setting: str, device: torch.device) -> bool:
 
 
 def object_kinds(config: TrainConfig) -> int:
-    """How many kinds the objects objective tells apart: the shapes x colours, and the letters when annotated."""
-    return len(KINDS) + (len(LETTERS) if config.objects.letters else 0)
+    """How many kinds the objects objective tells apart: the shapes x colours, and the letters when annotated
+    (unless they go to letter slots instead)."""
+    return len(KINDS) + (len(LETTERS) if config.objects.letters and not config.objects.letter_slots else 0)
 
 
 def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
@@ -91,7 +92,8 @@ def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
                                            grounding_format=s.grounding_format, reading_size=s.reading_size,
                                            letters=config.objects.weight > 0 and config.objects.letters))
     encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
-                                  object_kinds=object_kinds(config) if config.objects.weight > 0 else None)
+                                  object_kinds=object_kinds(config) if config.objects.weight > 0 else None,
+                                  letter_slots=config.objects.letter_slots)
     return Mixture(sources, [s.weight for s in d.sources], encoder, seed=config.seed, skips=skips,
                    max_image_tokens=d.max_image_tokens)
 
@@ -166,7 +168,8 @@ class Trainer:
         self.objects = None
         if c.objects.weight > 0:
             self.objects = ObjectMap(self.model.config.text_config.hidden_size, object_kinds(c), c.objects.box_weight,
-                                     seed=c.model.init_seed, kind_loss=c.objects.kind_loss).to(self.dist.device)
+                                     seed=c.model.init_seed, kind_loss=c.objects.kind_loss,
+                                     letter_slots=c.objects.letter_slots, n_letters=len(LETTERS)).to(self.dist.device)
         self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
                                        self.objects, c.objects.weight, language_model=c.stage != "vision")
         self.wrapped: torch.nn.Module = self.loss_model
