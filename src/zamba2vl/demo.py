@@ -21,17 +21,28 @@ EXAMPLES_DIR = ASSETS / "examples"
 DEMO_SEED = 424242  # the bundled examples' seed: not a training seed, not an evaluation seed
 
 
+def shipped_reading_size() -> list[int] | None:
+    """The reading task's canvas the shipped model was trained on (its train_config.yaml), or None (the image size)."""
+    import yaml
+
+    config = yaml.safe_load((DEMO_MODEL_DIR / "train_config.yaml").read_text(encoding="utf-8"))
+    return config["data"]["sources"][0].get("reading_size")
+
+
 def write_examples(folder: str | Path = EXAMPLES_DIR, per_task: int = 2, image_size: int = 112,
-                   seed: int = DEMO_SEED) -> Path:
-    """Generate the bundled examples: ``per_task`` images of each synthetic task plus examples.json."""
+                   seed: int = DEMO_SEED, reading_size="shipped") -> Path:
+    """Generate the bundled examples: ``per_task`` images of each synthetic task plus examples.json. The reading
+    examples are drawn on ``reading_size`` (default: the canvas the shipped model reads, e.g. a 224 x 28 banner)."""
     from zamba2vl.train import synthetic
 
+    if reading_size == "shipped":
+        reading_size = shipped_reading_size()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     records = []
     for task in synthetic.TASKS:
         for i in range(per_task):
-            ex = synthetic.make_example(task, seed, i, image_size)
+            ex = synthetic.make_example(task, seed, i, image_size, reading_size=reading_size)
             name = f"{task}-{i}.png"
             ex.image.save(folder / name)
             records.append({"image": name, "question": ex.question, "expected": ex.answer, "task": task})
