@@ -43,6 +43,7 @@ from torch import nn
 from zamba2vl.errors import InputError
 from zamba2vl.train.config import KIND_LOSSES
 from zamba2vl.train.reconstruction import image_sums
+from zamba2vl.train.synthetic import LETTERS
 
 
 def target_width(n_kinds: int, letter_slots: int = 0) -> int:
@@ -52,7 +53,7 @@ def target_width(n_kinds: int, letter_slots: int = 0) -> int:
 
 
 def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int, patch_size: int = 14,
-                   merge: int = 2, letter_slots: int = 0, n_letters: int = 26) -> torch.Tensor:
+                   merge: int = 2, letter_slots: int = 0, n_letters: int = len(LETTERS)) -> torch.Tensor:
     """The targets [merged tokens, target_width(n_kinds, letter_slots)] of one image with grid (t, h, w) in
     patches. Tokens are in the processor's order: row-major over the (h / merge) x (w / merge) cells, frame after
     frame. An image without annotation gets rows of zeros (annotated flag 0: it adds no loss).
@@ -113,7 +114,7 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
 
 class ObjectMap(nn.Module):
     def __init__(self, hidden_size: int, n_kinds: int, box_weight: float = 1.0, seed: int = 0,
-                 kind_loss: str = "bce", letter_slots: int = 0, n_letters: int = 26):
+                 kind_loss: str = "bce", letter_slots: int = 0, n_letters: int = len(LETTERS)):
         super().__init__()
         if kind_loss not in KIND_LOSSES:
             raise ValueError(f"kind_loss {kind_loss!r}; use one of {KIND_LOSSES}")

@@ -169,7 +169,7 @@ class Trainer:
         if c.objects.weight > 0:
             self.objects = ObjectMap(self.model.config.text_config.hidden_size, object_kinds(c), c.objects.box_weight,
                                      seed=c.model.init_seed, kind_loss=c.objects.kind_loss,
-                                     letter_slots=c.objects.letter_slots, n_letters=len(LETTERS)).to(self.dist.device)
+                                     letter_slots=c.objects.letter_slots).to(self.dist.device)
         self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
                                        self.objects, c.objects.weight, language_model=c.stage != "vision")
         self.wrapped: torch.nn.Module = self.loss_model
