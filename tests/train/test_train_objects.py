@@ -386,3 +386,34 @@ def test_a_run_with_letter_slots_keeps_letters_out_of_the_kinds(tmp_path):
         config_from_dict(stage_config(tmp_path / "b", objects={"weight": 1.0, "letter_slots": 3}))
     with pytest.raises(ConfigError, match="letter_slots"):
         config_from_dict(stage_config(tmp_path / "b", objects={"weight": 1.0, "letters": True, "letter_slots": 9}))
+
+
+def test_a_head_starts_from_the_previous_stages_head_with_init_from(tmp_path):
+    from zamba2vl.train.trainer import Trainer
+
+    shapes = {"sources": [{"type": "synthetic", "image_size": 56, "seed": 5, "tasks": ["counting", "grounding"]}]}
+    first = tmp_path / "first"
+    train_in_process(stage_config(first, optim={"max_steps": 3}, data=shapes, checkpoint={"every": 3},
+                                  objects={"weight": 0.5}))
+    ckpt = first / "checkpoints" / "step-000003"
+    trained = torch.load(ckpt / "trainer_state.pt", weights_only=False)["objects"]
+
+    def trainer(name, **sections):
+        config = {**stage_config(tmp_path / name, data=shapes, **sections), "model": {"path": str(ckpt)}}
+        threads = torch.get_num_threads()
+        try:
+            return Trainer(config_from_dict(config), progress=False)
+        finally:
+            torch.set_num_threads(threads)
+
+    carried = trainer("carried", objects={"weight": 0.5, "init_from": str(ckpt)}).objects.state_dict()
+    fresh = trainer("fresh", objects={"weight": 0.5}).objects.state_dict()
+    for key in ("proj.weight", "proj.bias"):
+        assert torch.equal(carried[key], trained[key])
+    assert not torch.equal(fresh["proj.weight"], trained["proj.weight"])  # it moved in 3 steps at lr 3e-3
+    with pytest.raises(ConfigError, match="tensors"):  # another head: three letter slots more
+        trainer("slots", objects={"weight": 0.5, "letters": True, "letter_slots": 3, "init_from": str(ckpt)})
+    with pytest.raises(ConfigError, match="not trained with a reconstruction head"):
+        trainer("recon", reconstruction={"weight": 1.0, "init_from": str(ckpt)})
+    with pytest.raises(ConfigError, match="not a training checkpoint"):
+        trainer("nowhere", objects={"weight": 0.5, "init_from": str(tmp_path)})

@@ -191,6 +191,9 @@ class ReconstructionSection:
     # sqrt the normaliser is the sum over samples of sqrt(labelled tokens)).
     weight: float = 0.0
     pool: int = 2  # average-pool each patch by this factor first (2: 7x7 targets per 14-pixel patch)
+    # A training checkpoint folder (e.g. the previous stage's) whose trainer state holds this head: start from it
+    # rather than from a fresh random head. Ignored when resuming (the run's own head is restored).
+    init_from: str | None = None
 
 
 @dataclass
@@ -209,6 +212,10 @@ class ObjectsSection:
     # With letters: each merged token names the letters whose centres fall in its cell, left to right, in this many
     # slots (one softmax over the 26 letters and "none" each) instead of letters being kinds; 0 = letters as kinds.
     letter_slots: int = 0
+    # A training checkpoint folder (e.g. the previous stage's) whose trainer state holds this head, of the same
+    # kinds and slots: start from it, so that a fresh random head's large first losses and gradients do not shake the
+    # tower it reads. Ignored when resuming (the run's own head is restored).
+    init_from: str | None = None
 
 
 @dataclass

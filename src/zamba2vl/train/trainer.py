@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from zamba2vl.errors import ConfigError
+from zamba2vl.errors import CheckpointError, ConfigError
 from zamba2vl.ops.precision import cpu_has_native_gemm
 from zamba2vl.train import distributed
 from zamba2vl.train.build import load_model, load_processor, token_facts
@@ -195,6 +195,8 @@ class Trainer:
         resume_from = self._resume_path(resume)
         if resume_from is not None:
             self._load(resume_from)
+        else:
+            self._init_heads()
         if self.dist.is_main:
             self._start_files()
         distributed.barrier(self.dist)  # the output folder exists before any process writes to it
@@ -213,6 +215,27 @@ class Trainer:
         if not path.is_dir():
             raise ConfigError(f"--resume {resume}: no such checkpoint folder")
         return path
+
+    def _init_heads(self) -> None:
+        """Heads whose section names ``init_from`` start from that checkpoint's trained head."""
+        for name, head in self.heads.items():
+            folder = getattr(self.config, name).init_from
+            if folder is None:
+                continue
+            try:
+                state = load_trainer_state(folder, 0)[0]
+            except CheckpointError as e:
+                raise ConfigError(f"{name}.init_from: {e}") from e
+            if name not in state:
+                raise ConfigError(f"{name}.init_from: {folder} was not trained with a {name} head (its run had "
+                                  f"{name}.weight 0); remove init_from to start a fresh head")
+            mine = head.state_dict()
+            shapes = {k: tuple(v.shape) for k, v in state[name].items()}
+            if shapes != {k: tuple(v.shape) for k, v in mine.items()}:
+                raise ConfigError(f"{name}.init_from: {folder}'s {name} head has tensors {shapes}, this run's "
+                                  f"{ {k: tuple(v.shape) for k, v in mine.items()} }; the two runs' {name} settings "
+                                  "(kinds, letters, letter_slots, pool) or model widths differ")
+            head.load_state_dict(state[name])
 
     def _load(self, folder: Path) -> None:
         state, rng = load_trainer_state(folder, self.dist.rank)
