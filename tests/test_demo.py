@@ -45,8 +45,13 @@ def test_the_repository_configs_reproduce_the_shipped_model():
 
     from zamba2vl.train.config import config_from_dict
 
-    folder = Path(__file__).resolve().parents[1] / "configs" / "train"
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "configs" / "train"
     raws = [yaml.safe_load((folder / name).read_text()) for name in STAGES]
+    # `make nano` runs the same stages in the same order and exports the last one's run.
+    make = (root / "Makefile").read_text()
+    assert re.search(r"^NANO_STAGES\s*:=\s*(.+)$", make, re.M).group(1).split() == [n[:-5] for n in STAGES]
+    assert f"runs/{Path(raws[-1]['output_dir']).name}/checkpoints/latest" in make
     configs = [config_from_dict(raw) for raw in raws]
     assert configs[0].model.config and configs[0].model.path is None  # from scratch
     assert [c.stage for c in configs] == ["pretrain", "vision", "pretrain"]
