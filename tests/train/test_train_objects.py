@@ -407,9 +407,11 @@ def test_a_head_starts_from_the_previous_stages_head_with_init_from(tmp_path):
             torch.set_num_threads(threads)
 
     carried = trainer("carried", objects={"weight": 0.5, "init_from": str(ckpt)}).objects.state_dict()
+    latest = trainer("latest", objects={"weight": 0.5, "init_from": str(first / "checkpoints" / "latest")})
     fresh = trainer("fresh", objects={"weight": 0.5}).objects.state_dict()
     for key in ("proj.weight", "proj.bias"):
         assert torch.equal(carried[key], trained[key])
+        assert torch.equal(latest.objects.state_dict()[key], trained[key])  # the run's pointer to its newest
     assert not torch.equal(fresh["proj.weight"], trained["proj.weight"])  # it moved in 3 steps at lr 3e-3
     with pytest.raises(ConfigError, match="tensors"):  # another head: three letter slots more
         trainer("slots", objects={"weight": 0.5, "letters": True, "letter_slots": 3, "init_from": str(ckpt)})

@@ -151,6 +151,14 @@ def load_model_weights(model: Zamba2VL, folder: str | os.PathLike) -> None:
     load_text_state(model.language_model, reader, model.config.text_config, source=str(folder), dtype=dtype)
 
 
+def checkpoint_folder(path: str | os.PathLike) -> Path:
+    """A checkpoint folder as given, or the folder a run's ``checkpoints/latest`` pointer file names."""
+    p = Path(path)
+    if p.is_file() and p.name == "latest":
+        return p.parent / p.read_text(encoding="utf-8").strip()
+    return p
+
+
 def load_trainer_state(folder: str | os.PathLike, rank: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(trainer state, this rank's RNG state) of a checkpoint folder."""
     folder = Path(folder)

@@ -37,7 +37,7 @@ from zamba2vl.ops.precision import cpu_has_native_gemm
 from zamba2vl.train import distributed
 from zamba2vl.train.build import load_model, load_processor, token_facts
 from zamba2vl.train.checkpoints import (
-    CheckpointWriter, latest_checkpoint, load_model_weights, load_trainer_state, set_rng_state,
+    CheckpointWriter, checkpoint_folder, latest_checkpoint, load_model_weights, load_trainer_state, set_rng_state,
 )
 from zamba2vl.train.config import PARTS, TrainConfig
 from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
@@ -219,9 +219,10 @@ class Trainer:
     def _init_heads(self) -> None:
         """Heads whose section names ``init_from`` start from that checkpoint's trained head."""
         for name, head in self.heads.items():
-            folder = getattr(self.config, name).init_from
-            if folder is None:
+            given = getattr(self.config, name).init_from
+            if given is None:
                 continue
+            folder = checkpoint_folder(given)  # a step folder, or a run's checkpoints/latest
             try:
                 state = load_trainer_state(folder, 0)[0]
             except CheckpointError as e:
@@ -229,12 +230,12 @@ class Trainer:
             if name not in state:
                 raise ConfigError(f"{name}.init_from: {folder} was not trained with a {name} head (its run had "
                                   f"{name}.weight 0); remove init_from to start a fresh head")
-            mine = head.state_dict()
-            shapes = {k: tuple(v.shape) for k, v in state[name].items()}
-            if shapes != {k: tuple(v.shape) for k, v in mine.items()}:
-                raise ConfigError(f"{name}.init_from: {folder}'s {name} head has tensors {shapes}, this run's "
-                                  f"{ {k: tuple(v.shape) for k, v in mine.items()} }; the two runs' {name} settings "
-                                  "(kinds, letters, letter_slots, pool) or model widths differ")
+            theirs = {k: tuple(v.shape) for k, v in state[name].items()}
+            ours = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+            if theirs != ours:
+                raise ConfigError(f"{name}.init_from: {folder}'s {name} head has tensors {theirs}, this run's {ours}; "
+                                  f"the two runs' {name} settings (kinds, letters, letter_slots, pool) or model widths "
+                                  "differ")
             head.load_state_dict(state[name])
 
     def _load(self, folder: Path) -> None:
