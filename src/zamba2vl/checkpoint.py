@@ -27,6 +27,16 @@ SAFE_INDEX = "model.safetensors.index.json"
 SHIPPED_MODEL_NAME = "nano"
 
 
+def latest_pointer_target(path: Path) -> Path | None:
+    """The step folder a training run's ``checkpoints/latest`` pointer file names (train/checkpoints.py), if ``path``
+    is such a file and that folder exists; None otherwise."""
+    if path.is_file() and path.name == "latest":
+        target = path.parent / path.read_text(encoding="utf-8").strip()
+        if target.name.startswith("step-") and target.is_dir():
+            return target
+    return None
+
+
 def resolve_model_dir(path_or_id: str | os.PathLike, *, revision: str | None = None) -> Path:
     """A local folder, or a Hub repo id downloaded (or found in the local cache) through huggingface_hub.
 
@@ -41,10 +51,9 @@ def resolve_model_dir(path_or_id: str | os.PathLike, *, revision: str | None = N
             raise CheckpointError(f"the shipped model is missing from this installation ({shipped}); reinstall "
                                   "zamba2vl, or pass a checkpoint folder or Hub id")
         return shipped
-    if p.is_file() and p.name == "latest":  # a training run's pointer to its newest checkpoint (train/checkpoints.py)
-        target = p.parent / p.read_text(encoding="utf-8").strip()
-        if target.name.startswith("step-") and target.is_dir():
-            return target
+    target = latest_pointer_target(p)
+    if target is not None:
+        return target
     if p.exists():
         raise CheckpointError(f"{s} is a file; pass the model folder that contains config.json.")
     if s.count("/") != 1 or s.startswith((".", "/", "~")):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from zamba2vl.checkpoint import open_weights
+from zamba2vl.checkpoint import latest_pointer_target, open_weights
 from zamba2vl.errors import CheckpointError
 from zamba2vl.model import Zamba2VL
 from zamba2vl.text.weights import load_text_state
@@ -153,10 +153,7 @@ def load_model_weights(model: Zamba2VL, folder: str | os.PathLike) -> None:
 
 def checkpoint_folder(path: str | os.PathLike) -> Path:
     """A checkpoint folder as given, or the folder a run's ``checkpoints/latest`` pointer file names."""
-    p = Path(path)
-    if p.is_file() and p.name == "latest":
-        return p.parent / p.read_text(encoding="utf-8").strip()
-    return p
+    return latest_pointer_target(Path(path)) or Path(path)
 
 
 def load_trainer_state(folder: str | os.PathLike, rank: int) -> tuple[dict[str, Any], dict[str, Any]]:
