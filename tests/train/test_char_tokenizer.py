@@ -126,3 +126,35 @@ def test_whole_words_need_the_character_tokenizer_and_room_in_the_vocabulary():
         load_processor(ModelSection(), TokenizerSection(characters=True, words=WORDS), 99, 100)
     with pytest.raises(ConfigError, match="characters: true"):
         load_processor(ModelSection(), TokenizerSection(words=WORDS, path="x"), 99, 200)
+
+
+def test_whole_numbers_are_one_token_each_after_the_words(tmp_path):
+    tok = char_tokenizer(words=WORDS, numbers=112)
+    assert len(tok) == 100 + len(WORDS) + 103
+    assert tok.convert_tokens_to_ids(["10", "56", "112"]) == [100 + len(WORDS), 146 + len(WORDS), 202 + len(WORDS)]
+    box = "A: [39, 5, 110, 100]</s>\n"
+    ids = tok.encode(box, add_special_tokens=False)
+    assert tok.convert_ids_to_tokens(ids) == ["A", ":", " ", "[", "39", ",", " ", "5", ",", " ", "110", ",", " ",
+                                              "100", "]", "</s>", "\n"]
+    assert tok.decode(ids) == box
+    # Past `numbers`, or inside a word, digits stay characters; spelled digits decode to the same text.
+    assert tok.convert_ids_to_tokens(tok.encode("1000 113 a12", add_special_tokens=False)) == \
+        ["1", "0", "0", "0", " ", "1", "1", "3", " ", "a", "1", "2"]
+    assert tok.decode(tok.encode("3", add_special_tokens=False) + tok.encode("9", add_special_tokens=False)) == "39"
+    tok.save_pretrained(tmp_path)
+    back = Tokenizer.from_pretrained(tmp_path)
+    assert back.encode(box) == tok.encode(box) and len(back) == len(tok)
+
+
+@pytest.mark.parametrize("bad", [5, -1, 2.5, True])
+def test_bad_numbers_are_refused(bad):
+    from zamba2vl.errors import ConfigError
+    from zamba2vl.train.build import load_processor
+    from zamba2vl.train.config import ModelSection, TokenizerSection
+
+    with pytest.raises(ValueError, match="numbers"):
+        char_tokenizer(numbers=bad)
+    with pytest.raises(ConfigError, match="tokenizer.numbers"):
+        load_processor(ModelSection(), TokenizerSection(characters=True, numbers=bad), 99, 300)
+    with pytest.raises(ConfigError, match="characters: true"):
+        load_processor(ModelSection(), TokenizerSection(numbers=20, path="x"), 99, 300)

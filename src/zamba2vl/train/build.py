@@ -225,13 +225,13 @@ def load_processor(model: ModelSection, tokenizer: TokenizerSection, image_token
         from zamba2vl.train.char_tokenizer import char_tokenizer
 
         try:
-            tok = char_tokenizer(words=tokenizer.words)
+            tok = char_tokenizer(words=tokenizer.words, numbers=tokenizer.numbers)
         except ValueError as e:
-            raise ConfigError(f"tokenizer.words: {e}") from e
+            raise ConfigError(f"tokenizer.words / tokenizer.numbers: {e}") from e
         source = "the character tokenizer"
-    elif tokenizer.words:
-        raise ConfigError("tokenizer.words adds whole-word tokens to the character tokenizer; set "
-                          "tokenizer.characters: true with it")
+    elif tokenizer.words or tokenizer.numbers:
+        raise ConfigError("tokenizer.words and tokenizer.numbers add whole-word tokens to the character tokenizer; "
+                          "set tokenizer.characters: true with them")
     elif tokenizer.sentencepiece:
         tok = Tokenizer.from_sentencepiece(resolve_resource(tokenizer.sentencepiece),
                                            added_tokens=tokenizer.added_tokens)

@@ -16,6 +16,13 @@ one per letter. They are added tokens that only match a whole word (``single_wor
 and every text still encodes one way. Spaces and punctuation stay characters, so a prompt that ends in ``A: ``
 (the generation prompt) tokenizes the same as the start of a training answer.
 
+Optionally too (``numbers``), every whole number from 10 up to ``numbers`` is one token, after the words
+(session 17). A box ``[39, 11, 56, 26]`` then costs one token a coordinate, and the output head picks a
+coordinate as one class of ~100 instead of spelling it: the units digit of a position is a sawtooth of that
+position, a hard function for a small model to compute, while "the class nearest to x" is close to linear.
+Numbers are whole-word tokens like the words: "139" is one token, "1000" (past ``numbers``) four characters,
+and "a12" three characters. 0 to 9 are characters already.
+
 At one token per character every character of the prompt costs compute, so it comes with a terse chat
 template (``CHAT_TEMPLATE``): a user turn is ``Q: <text>``, a newline, then its images; the assistant's turn
 starts with ``A: `` and ends with ``</s>`` and a newline; a system message is a plain line. The images come
@@ -59,10 +66,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def char_tokenizer(image_token: str = IMAGE_TOKEN, words: Sequence[str] = ()) -> Tokenizer:
+def char_tokenizer(image_token: str = IMAGE_TOKEN, words: Sequence[str] = (), numbers: int = 0) -> Tokenizer:
     """The character tokenizer: ids 0-2 special, 3-98 the characters in ``CHARACTERS`` order, 99 the image,
-    then one id per entry of ``words`` in order (each a run of letters; see the module docstring)."""
+    then one id per entry of ``words`` in order (each a run of letters), then, with ``numbers`` >= 10, one id per
+    whole number 10, 11, .., ``numbers`` (see the module docstring)."""
     words = list(words)
+    if isinstance(numbers, bool) or not isinstance(numbers, int) or numbers < 0 or 0 < numbers < 10:
+        raise ValueError(f"numbers {numbers!r}: give 0 (no number tokens) or the largest whole number that is one "
+                         f"token (10 or more; 0-9 are characters already)")
     for w in words:
         if not isinstance(w, str) or len(w) < 2 or not w.isascii() or not w.isalpha():
             raise ValueError(f"tokenizer word {w!r}: a whole-word token must be two or more ASCII letters")
@@ -74,7 +85,8 @@ def char_tokenizer(image_token: str = IMAGE_TOKEN, words: Sequence[str] = ()) ->
     backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.decoder = decoders.Fuse()  # characters are concatenated, not joined with spaces
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*SPECIAL, image_token)])
-    backend.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in words])
+    backend.add_tokens([AddedToken(w, single_word=True, normalized=False)
+                        for w in words + [str(n) for n in range(10, numbers + 1)]])
     config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
               "add_bos_token": False, "add_eos_token": False, "tokenizer_class": "LlamaTokenizerFast",
               "extra_special_tokens": {"image_token": image_token}}

@@ -77,6 +77,7 @@ class TokenizerSection:
     added_tokens: list[str] = field(default_factory=lambda: ["<image>"])  # with sentencepiece only
     characters: bool = False  # the built-in character tokenizer (train/char_tokenizer.py), for models from scratch
     words: list[str] = field(default_factory=list)  # with characters: whole words that are one token each
+    numbers: int = 0  # with characters: every whole number 10 .. numbers is one token too (0: none)
 
 
 @dataclass
