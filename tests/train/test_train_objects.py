@@ -15,7 +15,7 @@ from zamba2vl.train import synthetic
 from zamba2vl.train.config import config_from_dict
 from zamba2vl.train.encode import ConversationEncoder, collate
 from zamba2vl.train.loss import CausalLMLoss
-from zamba2vl.train.objects import ObjectMap, object_targets, target_width
+from zamba2vl.train.objects import MATCH, ObjectMap, QueryMatch, object_targets, target_width
 from zamba2vl.train.sources import SyntheticSource
 
 K = len(synthetic.KINDS)
@@ -26,7 +26,7 @@ def test_targets_mark_the_cell_of_each_centre_with_its_kind_and_box():
     # centre (40, 11), cell (row 0, col 1) = token 1. Object 1 (kind 7) centre (84, 98): cell (3, 3) = token 15.
     annotation = {"size": [112, 112], "kinds": [5, 7], "boxes": [[30, 2, 50, 20], [70, 90, 98, 106]]}
     t = object_targets(annotation, (1, 8, 8), K)
-    assert t.shape == (16, target_width(K)) == (16, K + 7)
+    assert t.shape == (16, target_width(K)) == (16, K + 8)
     assert t[:, -1].tolist() == [1.0] * 16  # every token of an annotated image counts
     assert torch.nonzero(t[:, :K]).tolist() == [[1, 5], [15, 7]]
     assert t[:, K + 4].tolist() == [1.0 if i in (1, 15) else 0.0 for i in range(16)]
@@ -37,8 +37,12 @@ def test_targets_mark_the_cell_of_each_centre_with_its_kind_and_box():
     # shrank to 112 (grid 8x8) land in the same cells, with boxes in the resized image's cells.
     big = {"size": [224, 224], "kinds": [5, 7], "boxes": [[2 * v for v in b] for b in annotation["boxes"]]}
     assert torch.equal(object_targets(big, (1, 8, 8), K), t)
-    # No annotation: zeros, flag 0.
-    assert torch.equal(object_targets(None, (1, 4, 6), K), torch.zeros(6, K + 7))
+    # Without "match", the match column is -1 (unknown) everywhere.
+    assert t[:, MATCH].tolist() == [-1.0] * 16
+    # No annotation: zeros, flag 0, match unknown.
+    empty = torch.zeros(6, K + 8)
+    empty[:, MATCH] = -1
+    assert torch.equal(object_targets(None, (1, 4, 6), K), empty)
 
 
 def test_two_centres_in_one_cell_keep_both_kinds_and_the_larger_box():
@@ -118,9 +122,10 @@ def test_synthetic_counting_and_grounding_carry_annotations_in_token_order():
         seen[task] += 1
         example = encoder(messages)
         targets = example.objects
-        assert targets.shape == (16, K + 7)
+        assert targets.shape == (16, K + 8)
         if task == "bar_chart":
-            assert "objects" not in messages[0]["content"][0] and not targets.any()
+            assert "objects" not in messages[0]["content"][0] and not targets[:, :MATCH].any()
+            assert not targets[:, -1].any() and (targets[:, MATCH] == -1).all()
             continue
         annotation = messages[0]["content"][0]["objects"]
         assert targets[:, -1].all() and targets[:, :K].sum() == len(annotation["kinds"])
@@ -131,7 +136,7 @@ def test_synthetic_counting_and_grounding_carry_annotations_in_token_order():
             assert ((own - colour[None, :, None, None]).abs().amax(1) < 0.02).sum() >= 20, (where, token, kind)
     assert min(seen.values()) > 0
     batch = collate([encoder(source.messages(i)[0]) for i in range(3)])
-    assert batch.objects.shape == (48, K + 7)
+    assert batch.objects.shape == (48, K + 8)
 
 
 def test_banner_reading_letters_land_on_their_tokens_left_to_right():
@@ -149,7 +154,7 @@ def test_banner_reading_letters_land_on_their_tokens_left_to_right():
             assert example.image_grid_thw.tolist() == [[1, 8, 8]]
             continue
         n_reading += 1
-        assert example.image_grid_thw.tolist() == [[1, 2, 16]] and example.objects.shape == (8, K + 26 + 7)
+        assert example.image_grid_thw.tolist() == [[1, 2, 16]] and example.objects.shape == (8, K + 26 + 8)
         annotation = messages[0]["content"][0]["objects"]
         word = "".join(synthetic.LETTERS[k - K] for k in annotation["kinds"])
         centres = [(b[0] + b[2]) / 2 for b in annotation["boxes"]]
@@ -327,7 +332,7 @@ def test_letter_slots_name_each_cells_letters_left_to_right():
     a, b, c = (K + synthetic.LETTERS.index(ch) for ch in "abc")
     annotation = {"size": [112, 28], "kinds": [b, a, c], "boxes": [[16, 4, 24, 20], [1, 4, 9, 20], [36, 4, 44, 20]]}
     t = object_targets(annotation, (1, 2, 8), K, letter_slots=3)
-    assert t.shape == (4, target_width(K, 3)) == (4, K + 10)
+    assert t.shape == (4, target_width(K, 3)) == (4, K + 11)
     assert t[:, K + 6:K + 9].tolist() == [[0, 1, 26], [2, 26, 26], [26, 26, 26], [26, 26, 26]]
     assert not t[:, :K + 5].any() and t[:, K + 5].tolist() == [K] * 4 and t[:, -1].tolist() == [1.0] * 4
     # More letters in a cell than slots: the leftmost ones. An image without letters (or without annotation):
@@ -419,3 +424,102 @@ def test_a_head_starts_from_the_previous_stages_head_with_init_from(tmp_path):
         trainer("recon", reconstruction={"weight": 1.0, "init_from": str(ckpt)})
     with pytest.raises(ConfigError, match="not a training checkpoint"):
         trainer("nowhere", objects={"weight": 0.5, "init_from": str(tmp_path)})
+
+
+def test_match_flags_mark_what_the_question_asks_about():
+    seen = {"counting": 0, "grounding": 0}
+    for i in range(40):
+        for task in seen:
+            ex = synthetic.make_example(task, 11, i, 112, "box")
+            annotation = synthetic.object_annotation(ex)
+            match = annotation["match"]
+            assert len(match) == len(annotation["kinds"]) and set(match) <= {0, 1}
+            if task == "counting":
+                assert sum(match) == int(ex.answer)  # the counted objects are the matched ones
+            else:
+                assert match == [int(j == ex.meta["target"]) for j in range(len(match))] and sum(match) == 1
+            seen[task] += 1
+            t = object_targets(annotation, (1, 8, 8), K)
+            # 1 on the cells that hold a matched object's centre (the cells marked with its kind: an object that is
+            # not asked about never has the kind of one that is), 0 elsewhere.
+            asked = {k for k, m in zip(annotation["kinds"], match) if m}
+            cells = {c for c in range(16) if any(t[c, k] == 1 for k in asked)}
+            assert len(cells) >= min(1, sum(match))
+            assert t[:, MATCH].tolist() == [1.0 if c in cells else 0.0 for c in range(16)]
+    assert not any("match" in (synthetic.object_annotation(synthetic.make_example("reading", 11, i, 112), True)
+                               or {}) for i in range(3))
+    with pytest.raises(InputError, match="match flags"):
+        object_targets({"size": [56, 56], "kinds": [0, 1], "boxes": [[0, 0, 9, 9]] * 2, "match": [1]}, (1, 4, 4), K)
+
+
+def test_match_loss_reads_the_language_model_after_its_layer():
+    from zamba2vl.train.build import random_model
+
+    config = tiny_vl_config()
+    model = random_model(config, seed=1)
+    layers = len(model.language_model.model.layers)
+    assert layers >= 2
+    grid = torch.tensor([[1, 4, 4], [1, 4, 4]])
+    pixels = torch.randn(32, 3 * 14 * 14)
+    img = config.image_token_index
+    # Image 1 knows its match flags (object 1 asked about, in cell 3), image 2 has none (-1: no loss).
+    first = object_targets({"size": [56, 56], "kinds": [4, 2], "boxes": [[3, 3, 20, 20], [30, 30, 50, 50]],
+                            "match": [0, 1]}, (1, 4, 4), K)
+    assert first[:, MATCH].tolist() == [0.0, 0.0, 0.0, 1.0]
+    targets = torch.cat([first, object_targets(None, (1, 4, 4), K)])
+    ids = torch.tensor([[1, 7, img, img, img, img, 5, 6], [1, 8, 9, img, img, img, img, 2]])
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = ids[:, -1]
+    head = QueryMatch(config.text_config.hidden_size)
+    with torch.no_grad():
+        head.proj.bias.fill_(0.3)
+    base = CausalLMLoss(model, None)
+    with_match = CausalLMLoss(model, None, match=head, match_weight=2.0, match_layer=1)
+    plain, count = base(ids, labels, pixels, grid)
+    loss, count2 = with_match(ids, labels, pixels, grid, None, targets)
+    assert count == count2 == 2 and with_match.last_parts["asked"] == 1
+    # The same hidden states by hand: the first layer only, no final norm.
+    lm = model.language_model.model
+    kept, norm = lm.layers, lm.final_layernorm
+    lm.layers, lm.final_layernorm = kept[:1], torch.nn.Identity()
+    try:
+        embeds = model.embed_inputs(ids, pixels, grid, model.get_image_features(pixels, grid))
+        hidden = lm(embeds, None, None, torch.arange(ids.shape[1])[None].expand(2, -1))
+    finally:
+        lm.layers, lm.final_layernorm = kept, norm
+    logits = head.proj(hidden[ids == img])[:4, 0]
+    expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert torch.allclose(with_match.last_parts["match"], expected, atol=1e-5)
+    assert torch.allclose(loss, plain + 2.0 * expected, atol=1e-5)
+    # The match loss reaches the head and the layers it reads, not the ones after it (no labels here, so the
+    # language model's own loss adds nothing).
+    model.zero_grad()
+    only, _ = with_match(ids, torch.full_like(ids, -100), pixels, grid, None, targets)
+    assert torch.allclose(only, 2.0 * expected, atol=1e-5)
+    only.backward()
+    assert head.proj.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in kept[0].parameters())
+    after = [*kept[1].parameters(), *lm.blocks.parameters(), *norm.parameters()]
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in after)
+
+
+def test_a_run_with_the_match_objective_logs_it_and_checks_its_settings(tmp_path):
+    out = tmp_path / "run"
+    train_in_process(stage_config(out, optim={"max_steps": 3, "loss_per": "sample"},
+                                  batch={"global_batch_size": 4, "micro_batch_size": 4},
+                                  data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
+                                                     "tasks": ["counting", "grounding"]}]},
+                                  checkpoint={"every": 3}, objects={"weight": 0.5},
+                                  match={"weight": 1.5, "layer": 1}))
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    for r in rows:  # loss = lm_loss + 0.5 x objects + 1.5 x match (every image here is asked about)
+        assert 0 < r["match_loss"] < 5
+        assert abs(r["loss"] - (r["lm_loss"] + 0.5 * r["objects_loss"] + 1.5 * r["match_loss"])) < 1e-5
+    state = torch.load(out / "checkpoints" / "step-000003" / "trainer_state.pt", weights_only=False)
+    assert set(state["match"]) == {"proj.weight", "proj.bias"}
+    with pytest.raises(ConfigError, match="objects.weight"):
+        config_from_dict(stage_config(tmp_path / "b", match={"weight": 1.0}))
+    with pytest.raises(ConfigError, match="match"):
+        config_from_dict(stage_config(tmp_path / "c", objects={"weight": 1.0}, match={"weight": 1.0, "layer": 0}))
+    with pytest.raises(ConfigError, match="match.layer"):
+        train_in_process(stage_config(tmp_path / "d", objects={"weight": 1.0}, match={"weight": 1.0, "layer": 99}))

@@ -220,6 +220,17 @@ class ObjectsSection:
 
 
 @dataclass
+class MatchSection:
+    # An auxiliary loss on the language model (train/objects.py, QueryMatch; session 17): after `layer` of its
+    # layers, the hidden state at each image token says, through a training-only linear head and a sigmoid, whether
+    # the token's cell holds the centre of an object the question asks about (the counted ones; grounding's
+    # target). Needs the objects' annotations, so objects.weight > 0 too. 0 = off.
+    weight: float = 0.0
+    layer: int = 2  # 1 .. the language model's number of layers
+    init_from: str | None = None  # as objects.init_from, for this head
+
+
+@dataclass
 class TrainConfig:
     stage: str = "sft"
     seed: int = 0
@@ -238,6 +249,7 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     reconstruction: ReconstructionSection = field(default_factory=ReconstructionSection)
     objects: ObjectsSection = field(default_factory=ObjectsSection)
+    match: MatchSection = field(default_factory=MatchSection)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_TRAINS:
@@ -276,6 +288,12 @@ class TrainConfig:
             raise ConfigError("objects.letter_slots names a reading image's letters; set objects.letters: true too")
         if self.objects.kind_loss not in KIND_LOSSES:
             raise ConfigError(f"objects.kind_loss: {self.objects.kind_loss!r}; use one of {', '.join(KIND_LOSSES)}")
+        if not self.match.weight >= 0 or self.match.layer < 1:
+            raise ConfigError(f"match: weight must be >= 0 and layer >= 1, got {self.match}")
+        if self.match.weight > 0 and not self.objects.weight > 0:
+            raise ConfigError("match.weight > 0 reads the objects' annotations; set objects.weight > 0 too")
+        if self.match.weight > 0 and self.stage == "vision":
+            raise ConfigError("match trains the language model, which stage: vision does not run; set match.weight 0")
         if self.stage == "vision":
             if not (self.objects.weight > 0 or self.reconstruction.weight > 0):
                 raise ConfigError("stage: vision trains on the auxiliary objectives alone; set objects.weight or "

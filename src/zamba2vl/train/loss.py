@@ -34,13 +34,18 @@ class CausalLMLoss(nn.Module):
     loss adds weight x (the sum over the batch's images of each image's reconstruction error); the language
     model's part and the reconstruction error of the last call are kept in ``last_parts`` (detached tensors).
     Likewise ``objects`` (an ``ObjectMap``) adds ``objects_weight`` x the sum over annotated images of each one's
-    objects loss, when the call passes ``object_targets``. With ``language_model=False`` (``stage: vision``) only
+    objects loss, when the call passes ``object_targets``; and ``match`` (a ``QueryMatch``) ``match_weight`` x its
+    loss on the language model's hidden states after ``match_layer`` layers at the image tokens. With ``language_model=False`` (``stage: vision``) only
     the auxiliary losses are computed: the language model does not run and the LM part is 0."""
 
     def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None,
                  reconstruction: nn.Module | None = None, reconstruction_weight: float = 0.0,
-                 objects: nn.Module | None = None, objects_weight: float = 0.0, language_model: bool = True):
+                 objects: nn.Module | None = None, objects_weight: float = 0.0, language_model: bool = True,
+                 match: nn.Module | None = None, match_weight: float = 0.0, match_layer: int = 2):
         super().__init__()
+        self.match = match
+        self.match_weight = match_weight
+        self.match_layer = match_layer
         self.language_model = language_model
         self.model = model
         self.autocast_dtype = autocast_dtype
@@ -79,19 +84,34 @@ class CausalLMLoss(nn.Module):
             if not loss.requires_grad:  # a micro-batch without images: a zero gradient, so every process steps alike
                 loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
             return loss, keep.sum()
-        with self.autocast():
-            embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
-            positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
-            hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
-            logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
+        match = self.match is not None and pixel_values is not None and object_targets is not None
+        seen: list[torch.Tensor] = []
+        hook = lm.model.layers[self.match_layer - 1].register_forward_hook(
+            lambda module, args, out: seen.append(out)) if match else None
+        try:
+            with self.autocast():
+                embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
+                positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
+                hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
+                logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
+        finally:
+            if hook is not None:
+                hook.remove()
         if row_weights is None:
             loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
         else:
             per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
             weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
             loss = (per_token * weights).sum()
-        return self._add_auxiliary(loss, features, pixel_values, image_grid_thw, object_targets, recon, objects), \
-            keep.sum()
+        loss = self._add_auxiliary(loss, features, pixel_values, image_grid_thw, object_targets, recon, objects)
+        if match:
+            # The layer's output at the image tokens, image after image: the merged features' order.
+            at_images = seen[0][input_ids == vl.config.image_token_index]
+            error, asked = self.match(at_images, object_targets, image_grid_thw,
+                                      vl.config.vision_config.spatial_merge_size**2)
+            self.last_parts.update(match=error.detach(), asked=asked)
+            loss = loss + self.match_weight * error
+        return loss, keep.sum()
 
     def _add_auxiliary(self, loss, features, pixel_values, image_grid_thw, object_targets, recon: bool,
                        objects: bool) -> torch.Tensor:
@@ -99,7 +119,7 @@ class CausalLMLoss(nn.Module):
         vl = self.model
         zero = torch.zeros((), device=loss.device)
         self.last_parts = {"lm": loss.detach(), "reconstruction": zero, "images": 0, "objects": zero,
-                           "annotated": 0}
+                           "annotated": 0, "match": zero, "asked": 0}
         if recon:
             error, images = self.reconstruction(features, pixel_values, image_grid_thw)
             self.last_parts.update(reconstruction=error.detach(), images=images)

@@ -48,8 +48,11 @@ from zamba2vl.train.synthetic import LETTERS
 
 def target_width(n_kinds: int, letter_slots: int = 0) -> int:
     """Columns of a target row: n_kinds multi-hot kinds, 4 box coordinates, has-box flag, the kind of the cell's
-    (largest) object (n_kinds: none), ``letter_slots`` letter slots, annotated flag."""
-    return n_kinds + 7 + letter_slots
+    (largest) object (n_kinds: none), ``letter_slots`` letter slots, the match flag (``MATCH``), annotated flag."""
+    return n_kinds + 8 + letter_slots
+
+
+MATCH = -2  # the target column of QueryMatch: 1 / 0 whether the cell holds an asked-about object's centre, -1 unknown
 
 
 def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int, patch_size: int = 14,
@@ -61,10 +64,14 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
     With ``letter_slots`` S > 0, annotated kinds n_kinds .. n_kinds + n_letters - 1 are letters (a reading image's,
     ``synthetic.object_annotation(letters=True)``) and go to the slots rather than the kinds: slot i of a cell is
     the i-th letter, left to right, whose box centre falls in the cell (0 .. n_letters - 1), or n_letters when the
-    cell holds fewer; -1 (no loss) on every slot of an image without letters."""
+    cell holds fewer; -1 (no loss) on every slot of an image without letters.
+
+    An annotation's optional ``"match": [0 or 1 per object]`` (which objects the question asks about) fills the
+    ``MATCH`` column: 1 on the cells holding a matched object's centre, 0 on the others; -1 (no loss) without it."""
     t, h, w = (int(v) for v in grid_thw)
     rows, cols = h // merge, w // merge
     out = torch.zeros(t * rows * cols, target_width(n_kinds, letter_slots))
+    out[:, MATCH] = -1
     if letter_slots:
         out[:, n_kinds + 6:n_kinds + 6 + letter_slots] = -1
     if annotation is None:
@@ -73,20 +80,25 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
         width, height = (float(v) for v in annotation["size"])
         kinds = [int(k) for k in annotation["kinds"]]
         boxes = [[float(v) for v in b] for b in annotation["boxes"]]
+        match = None if annotation.get("match") is None else [bool(m) for m in annotation["match"]]
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"an image's 'objects' annotation needs size [w, h], kinds and boxes: {e}") from e
     limit = n_kinds + (n_letters if letter_slots else 0)
     if len(kinds) != len(boxes) or any(len(b) != 4 for b in boxes) or any(not 0 <= k < limit for k in kinds):
         raise InputError(f"an image's 'objects' annotation must give one kind in [0, {limit}) and one box "
                          f"[x1, y1, x2, y2] per object, got kinds {kinds} and boxes {boxes}")
+    if match is not None and len(match) != len(kinds):
+        raise InputError(f"an image's 'objects' annotation has {len(kinds)} objects but {len(match)} match flags")
     cell = patch_size * merge
     sx, sy = w * patch_size / width / cell, h * patch_size / height / cell  # image pixels -> cells
     rows_out = out.numpy()  # filled in place (a few objects: plain Python, no per-object tensors)
     rows_out[:, -1] = 1.0
     rows_out[:, n_kinds + 5] = n_kinds  # "nothing here" until an object's centre lands in the cell
+    if match is not None:
+        rows_out[:, MATCH] = 0.0
     area: dict[int, float] = {}
     letters: dict[int, list[tuple[float, int]]] = {}  # cell -> [(centre x, letter)]
-    for kind, (x1, y1, x2, y2) in zip(kinds, boxes):
+    for j, (kind, (x1, y1, x2, y2)) in enumerate(zip(kinds, boxes)):
         box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
         r = min(rows - 1, int((box[1] + box[3]) / 2))
         c = min(cols - 1, int((box[0] + box[2]) / 2))
@@ -97,6 +109,8 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
         for frame in range(t):
             i = frame * rows * cols + r * cols + c
             rows_out[i, kind] = 1.0
+            if match is not None and match[j]:
+                rows_out[i, MATCH] = 1.0
             if size > area.get(i, -1.0):
                 area[i] = size
                 rows_out[i, n_kinds:n_kinds + 4] = box
@@ -160,3 +174,38 @@ class ObjectMap(nn.Module):
         sums, per_image = image_sums(loss, image_grid_thw, unit)
         annotated = image_sums(targets[:, -1].to(loss.device, loss.dtype), image_grid_thw, unit)[0] > 0
         return (sums / per_image.clamp(min=1).to(loss.dtype))[annotated].sum(), int(annotated.sum())
+
+
+class QueryMatch(nn.Module):
+    """The ``match`` objective (session 17): a linear map from the language model's hidden state at each image
+    token, after some of its layers, to one logit: does the token's cell hold the centre of an object that the
+    question asks about (the ones a counting question counts, a grounding question's target)?
+
+    Counting "how many red shapes" and finding "the red circle" both need the model to tell, at each image token,
+    whether that token is one asked about: a conjunction of the question (read before the image) and the token's
+    own kind. Learnt through the answers alone this took the nano model's language model thousands of steps
+    (grounding stayed at 0% for 800 steps of grounding alone, session 17); this head asks for it directly. Trained
+    with binary cross-entropy on tokens whose ``MATCH`` target is known (0 or 1); exists only during training."""
+
+    def __init__(self, hidden_size: int, seed: int = 0):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1)
+        g = torch.Generator().manual_seed(seed + 2)
+        with torch.no_grad():
+            bound = hidden_size**-0.5
+            self.proj.weight.copy_(torch.empty_like(self.proj.weight).uniform_(-bound, bound, generator=g))
+            self.proj.bias.zero_()
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor,
+                image_grid_thw: torch.Tensor, unit: int) -> tuple[torch.Tensor, int]:
+        """Hidden states [tokens, hidden] at a batch's image tokens (in the order of their merged features) and
+        the images' object targets -> (the sum over images with match targets of each one's mean token loss, the
+        number of such images)."""
+        logit = self.proj(hidden).float()[:, 0]
+        label = targets[:, MATCH].to(logit.device, torch.float32)
+        known = (label >= 0).to(logit.dtype)
+        loss = F.binary_cross_entropy_with_logits(logit, label.clamp(min=0), reduction="none") * known
+        sums, _ = image_sums(loss, image_grid_thw, unit)
+        counts = image_sums(known, image_grid_thw, unit)[0]
+        has = counts > 0
+        return (sums[has] / counts[has]).sum(), int(has.sum())

@@ -329,12 +329,19 @@ def letter_boxes(word: str, font_size: int, box: Sequence[int]) -> list[list[flo
 def object_annotation(example: SyntheticExample, letters: bool = False) -> dict | None:
     """The objects drawn in a counting or grounding image as ``{"size": [w, h], "kinds": [index into KINDS],
     "boxes": [[x1, y1, x2, y2]]}`` (what ``train/objects.py`` trains on); with ``letters``, a reading image's
-    letters too, as kinds ``len(KINDS) + index into LETTERS``; None for the other tasks."""
+    letters too, as kinds ``len(KINDS) + index into LETTERS``; None for the other tasks. Counting and grounding
+    annotations also say which objects the question asks about (``"match"``: 1 for each counted object, or for
+    grounding's target; 0 for the others), for the ``match`` objective."""
     size = list(example.image.size)
     if example.task in ("counting", "grounding"):
         objects = example.meta["objects"]
+        if example.task == "grounding":
+            match = [int(i == example.meta["target"]) for i in range(len(objects))]
+        else:
+            q = example.meta["query"]
+            match = [int(q["shape"] in (None, o["shape"]) and q["color"] in (None, o["color"])) for o in objects]
         return {"size": size, "kinds": [KINDS.index((o["shape"], o["color"])) for o in objects],
-                "boxes": [list(o["box"]) for o in objects]}
+                "boxes": [list(o["box"]) for o in objects], "match": match}
     if example.task == "reading" and letters:
         word = example.meta["word"]
         return {"size": size, "kinds": [len(KINDS) + LETTERS.index(ch) for ch in word],

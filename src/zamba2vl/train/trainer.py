@@ -44,7 +44,7 @@ from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
 from zamba2vl.train.evaluate import evaluate, held_out_examples
 from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.mixture import Mixture
-from zamba2vl.train.objects import ObjectMap
+from zamba2vl.train.objects import ObjectMap, QueryMatch
 from zamba2vl.train.optim import apply_freeze, make_optimizer, make_scheduler
 from zamba2vl.train.plot import plot_run, read_jsonl
 from zamba2vl.train.reconstruction import PixelReconstruction
@@ -170,8 +170,16 @@ class Trainer:
             self.objects = ObjectMap(self.model.config.text_config.hidden_size, object_kinds(c), c.objects.box_weight,
                                      seed=c.model.init_seed, kind_loss=c.objects.kind_loss,
                                      letter_slots=c.objects.letter_slots).to(self.dist.device)
+        self.match = None
+        if c.match.weight > 0:
+            layers = self.model.config.text_config.num_hidden_layers
+            if c.match.layer > layers:
+                raise ConfigError(f"match.layer: {c.match.layer}, but the language model has {layers} layers")
+            self.match = QueryMatch(self.model.config.text_config.hidden_size,
+                                    seed=c.model.init_seed).to(self.dist.device)
         self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
-                                       self.objects, c.objects.weight, language_model=c.stage != "vision")
+                                       self.objects, c.objects.weight, language_model=c.stage != "vision",
+                                       match=self.match, match_weight=c.match.weight, match_layer=c.match.layer)
         self.wrapped: torch.nn.Module = self.loss_model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -181,8 +189,8 @@ class Trainer:
             self.wrapped = DistributedDataParallel(self.loss_model, device_ids=ids, find_unused_parameters=True,
                                                    broadcast_buffers=False)  # buffers are constants
         # The training-only heads that are on, by config section: optimised, saved and restored with the run.
-        self.heads = {name: m for name, m in (("reconstruction", self.reconstruction), ("objects", self.objects))
-                      if m is not None}
+        self.heads = {name: m for name, m in (("reconstruction", self.reconstruction), ("objects", self.objects),
+                                              ("match", self.match)) if m is not None}
         self.params = [p for p in self.loss_model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.model, c.optim, self.heads or None)
         self.scheduler = make_scheduler(self.optimizer, c.optim)
@@ -295,8 +303,8 @@ class Trainer:
         self._report_skips()
         scale = d.world / max(tokens, 1.0)  # DDP divides by world: the step's gradient is d(sum)/d(w) / tokens
         loss_sum = torch.zeros((), dtype=torch.float32, device=d.device)
-        # LM loss, reconstruction error, images, objects loss, annotated images
-        parts = torch.zeros(5, dtype=torch.float64, device=d.device)
+        # LM loss, reconstruction error, images, objects loss, annotated images, match loss, images asked about
+        parts = torch.zeros(7, dtype=torch.float64, device=d.device)
         for i, b in enumerate(batches):
             b = b.to(d.device)
             last = i == len(batches) - 1
@@ -313,6 +321,8 @@ class Trainer:
                 parts[2] += p["images"]
                 parts[3] += p["objects"].double()
                 parts[4] += p["annotated"]
+                parts[5] += p["match"].double()
+                parts[6] += p["asked"]
         clip = self.config.optim.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
         lr = self.config.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # before lr_scale
@@ -330,12 +340,14 @@ class Trainer:
             # "loss" is what was minimised; "lm_loss" the language model's part of it (comparable with a run
             # without the auxiliary objectives); "reconstruction_mse" the mean error per image; "objects_loss"
             # the mean objects loss per annotated image.
-            lm, err, images, obj, annotated = distributed.all_sum(parts.cpu(), d).tolist()
+            lm, err, images, obj, annotated, match, asked = distributed.all_sum(parts.cpu(), d).tolist()
             row["lm_loss"] = lm / max(tokens, 1.0)
             if self.reconstruction is not None:
                 row["reconstruction_mse"] = err / max(images, 1.0)
             if self.objects is not None:
                 row["objects_loss"] = obj / max(annotated, 1.0)
+            if self.match is not None:
+                row["match_loss"] = match / max(asked, 1.0)
         row["step_s"] = round(time.perf_counter() - t0, 4)
         return row
 
