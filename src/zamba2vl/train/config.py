@@ -14,6 +14,7 @@
     eval: {every: 200, n_per_task: 4}
     reconstruction: {weight: 1.0}   # auxiliary per-token pixel reconstruction (training only; default off)
     objects: {weight: 1.0}          # auxiliary object kinds and boxes from annotated images (training only; off)
+    match: {weight: 1.0, layer: 2}  # auxiliary: is this image token's object the one asked about? (LM side; off)
 
 `configs/train/*.yaml` hold commented examples. Every field and its default is below.
 """
