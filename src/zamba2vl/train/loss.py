@@ -35,8 +35,9 @@ class CausalLMLoss(nn.Module):
     model's part and the reconstruction error of the last call are kept in ``last_parts`` (detached tensors).
     Likewise ``objects`` (an ``ObjectMap``) adds ``objects_weight`` x the sum over annotated images of each one's
     objects loss, when the call passes ``object_targets``; and ``match`` (a ``QueryMatch``) ``match_weight`` x its
-    loss on the language model's hidden states after ``match_layer`` layers at the image tokens. With ``language_model=False`` (``stage: vision``) only
-    the auxiliary losses are computed: the language model does not run and the LM part is 0."""
+    loss on the language model's hidden states after ``match_layer`` layers at the image tokens. With
+    ``language_model=False`` (``stage: vision``) only the auxiliary losses are computed: the language model does not
+    run and the LM part is 0."""
 
     def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None,
                  reconstruction: nn.Module | None = None, reconstruction_weight: float = 0.0,

@@ -339,7 +339,7 @@ class Trainer:
         if self.heads:
             # "loss" is what was minimised; "lm_loss" the language model's part of it (comparable with a run
             # without the auxiliary objectives); "reconstruction_mse" the mean error per image; "objects_loss"
-            # the mean objects loss per annotated image.
+            # the mean objects loss per annotated image; "match_loss" the mean match loss per image with match flags.
             lm, err, images, obj, annotated, match, asked = distributed.all_sum(parts.cpu(), d).tolist()
             row["lm_loss"] = lm / max(tokens, 1.0)
             if self.reconstruction is not None:
