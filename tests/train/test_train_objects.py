@@ -21,6 +21,20 @@ from zamba2vl.train.sources import SyntheticSource
 K = len(synthetic.KINDS)
 
 
+def shapes_data() -> dict:
+    """The data section of the small runs here: synthetic counting and grounding (every image annotated)."""
+    return {"sources": [{"type": "synthetic", "image_size": 56, "seed": 5, "tasks": ["counting", "grounding"]}]}
+
+
+def annotated_run(out, steps: int, **sections) -> list[dict]:
+    """Train `steps` steps of 4 samples (loss_per: sample) on shapes_data with a checkpoint at the end, plus
+    `sections`; the rows of its loss.jsonl."""
+    train_in_process(stage_config(out, optim={"max_steps": steps, "loss_per": "sample"},
+                                  batch={"global_batch_size": 4, "micro_batch_size": 4}, data=shapes_data(),
+                                  checkpoint={"every": steps}, **sections))
+    return [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+
+
 def test_targets_mark_the_cell_of_each_centre_with_its_kind_and_box():
     # A 112x112 image: 8x8 patches, 4x4 merged tokens of 28 pixels. Object 0 (kind 5) spans x 30-50, y 2-20:
     # centre (40, 11), cell (row 0, col 1) = token 1. Object 1 (kind 7) centre (84, 98): cell (3, 3) = token 15.
@@ -198,12 +212,7 @@ def test_bad_settings_are_config_errors(tmp_path):
 
 def test_a_run_logs_the_objects_loss_and_keeps_the_head_in_the_trainer_state(tmp_path):
     out = tmp_path / "run"
-    train_in_process(stage_config(out, optim={"max_steps": 4, "loss_per": "sample"},
-                                  batch={"global_batch_size": 4, "micro_batch_size": 4},
-                                  data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
-                                                     "tasks": ["counting", "grounding"]}]},
-                                  checkpoint={"every": 4}, objects={"weight": 0.5}))
-    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    rows = annotated_run(out, 4, objects={"weight": 0.5})
     assert len(rows) == 4
     for r in rows:  # every image is annotated: loss = lm_loss + 0.5 x the mean objects loss per image
         assert r["objects_loss"] > 0 and "reconstruction_mse" not in r
@@ -255,9 +264,7 @@ def test_a_killed_run_with_the_objects_head_resumes_exactly(tmp_path):
 
     def config(name, every):
         return stage_config(tmp_path / name, optim={"max_steps": 5}, checkpoint={"every": every},
-                            data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
-                                               "tasks": ["counting", "grounding"]}]},
-                            objects={"weight": 0.5})
+                            data=shapes_data(), objects={"weight": 0.5})
 
     a, b = straight_and_resumed(tmp_path, config)
     assert sorted(a) == sorted(b) == list(range(1, 6))
@@ -396,7 +403,7 @@ def test_a_run_with_letter_slots_keeps_letters_out_of_the_kinds(tmp_path):
 def test_a_head_starts_from_the_previous_stages_head_with_init_from(tmp_path):
     from zamba2vl.train.trainer import Trainer
 
-    shapes = {"sources": [{"type": "synthetic", "image_size": 56, "seed": 5, "tasks": ["counting", "grounding"]}]}
+    shapes = shapes_data()
     first = tmp_path / "first"
     train_in_process(stage_config(first, optim={"max_steps": 3}, data=shapes, checkpoint={"every": 3},
                                   objects={"weight": 0.5}))
@@ -505,13 +512,8 @@ def test_match_loss_reads_the_language_model_after_its_layer():
 
 def test_a_run_with_the_match_objective_logs_it_and_checks_its_settings(tmp_path):
     out = tmp_path / "run"
-    train_in_process(stage_config(out, optim={"max_steps": 3, "loss_per": "sample"},
-                                  batch={"global_batch_size": 4, "micro_batch_size": 4},
-                                  data={"sources": [{"type": "synthetic", "image_size": 56, "seed": 5,
-                                                     "tasks": ["counting", "grounding"]}]},
-                                  checkpoint={"every": 3}, objects={"weight": 0.5},
-                                  match={"weight": 1.5, "layer": 1}))
-    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    rows = annotated_run(out, 3, objects={"weight": 0.5}, match={"weight": 1.5, "layer": 1})
+    assert len(rows) == 3
     for r in rows:  # loss = lm_loss + 0.5 x objects + 1.5 x match (every image here is asked about)
         assert 0 < r["match_loss"] < 5
         assert abs(r["loss"] - (r["lm_loss"] + 0.5 * r["objects_loss"] + 1.5 * r["match_loss"])) < 1e-5

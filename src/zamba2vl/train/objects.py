@@ -42,7 +42,7 @@ from torch import nn
 
 from zamba2vl.errors import InputError
 from zamba2vl.train.config import KIND_LOSSES
-from zamba2vl.train.reconstruction import image_sums
+from zamba2vl.train.reconstruction import image_sums, seeded_head
 from zamba2vl.train.synthetic import LETTERS
 
 
@@ -138,12 +138,7 @@ class ObjectMap(nn.Module):
         self.letter_slots = letter_slots
         self.n_letters = n_letters
         self.n_logits = n_kinds + (kind_loss == "softmax")  # softmax: one more class, "nothing here"
-        self.proj = nn.Linear(hidden_size, self.n_logits + 4 + letter_slots * (n_letters + 1))
-        g = torch.Generator().manual_seed(seed + 1)  # the same head on every process and every run of a seed
-        with torch.no_grad():
-            bound = hidden_size**-0.5
-            self.proj.weight.copy_(torch.empty_like(self.proj.weight).uniform_(-bound, bound, generator=g))
-            self.proj.bias.zero_()
+        self.proj = seeded_head(hidden_size, self.n_logits + 4 + letter_slots * (n_letters + 1), seed + 1)
 
     def token_losses(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each token's loss [tokens]: binary cross-entropy summed over the kinds (or, with softmax, cross-entropy
@@ -189,12 +184,7 @@ class QueryMatch(nn.Module):
 
     def __init__(self, hidden_size: int, seed: int = 0):
         super().__init__()
-        self.proj = nn.Linear(hidden_size, 1)
-        g = torch.Generator().manual_seed(seed + 2)
-        with torch.no_grad():
-            bound = hidden_size**-0.5
-            self.proj.weight.copy_(torch.empty_like(self.proj.weight).uniform_(-bound, bound, generator=g))
-            self.proj.bias.zero_()
+        self.proj = seeded_head(hidden_size, 1, seed + 2)
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor,
                 image_grid_thw: torch.Tensor, unit: int) -> tuple[torch.Tensor, int]:

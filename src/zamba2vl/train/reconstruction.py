@@ -22,6 +22,18 @@ from torch import nn
 from zamba2vl.config import VisionConfig
 
 
+def seeded_head(in_features: int, out_features: int, seed: int) -> nn.Linear:
+    """A training-only head's linear map: weights uniform in +-1/sqrt(in_features) drawn from `seed` (the same head
+    on every process and every run of a seed), bias zero."""
+    proj = nn.Linear(in_features, out_features)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bound = in_features**-0.5
+        proj.weight.copy_(torch.empty_like(proj.weight).uniform_(-bound, bound, generator=g))
+        proj.bias.zero_()
+    return proj
+
+
 class PixelReconstruction(nn.Module):
     def __init__(self, vision: VisionConfig, hidden_size: int, pool: int = 2, seed: int = 0):
         super().__init__()
@@ -32,12 +44,7 @@ class PixelReconstruction(nn.Module):
         self.planes = vision.in_channels * vision.temporal_patch_size  # a patch is [planes, patch, patch]
         self.unit = vision.spatial_merge_size**2
         side = vision.patch_size // pool
-        self.proj = nn.Linear(hidden_size, self.unit * self.planes * side * side)
-        g = torch.Generator().manual_seed(seed)  # the same head on every process and every run of a seed
-        with torch.no_grad():
-            bound = hidden_size**-0.5
-            self.proj.weight.copy_(torch.empty_like(self.proj.weight).uniform_(-bound, bound, generator=g))
-            self.proj.bias.zero_()
+        self.proj = seeded_head(hidden_size, self.unit * self.planes * side * side, seed)
 
     def targets(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[patches, planes * patch * patch] (the processor's layout, a merged token's patches consecutive) ->
