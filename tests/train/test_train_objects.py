@@ -15,7 +15,7 @@ from zamba2vl.train import synthetic
 from zamba2vl.train.config import config_from_dict
 from zamba2vl.train.encode import ConversationEncoder, collate
 from zamba2vl.train.loss import CausalLMLoss
-from zamba2vl.train.objects import MATCH, ObjectMap, QueryMatch, object_targets, target_width
+from zamba2vl.train.objects import MATCH, ObjectMap, QueryMatch, Spelling, object_targets, target_width
 from zamba2vl.train.sources import SyntheticSource
 
 K = len(synthetic.KINDS)
@@ -525,3 +525,106 @@ def test_a_run_with_the_match_objective_logs_it_and_checks_its_settings(tmp_path
         config_from_dict(stage_config(tmp_path / "c", objects={"weight": 1.0}, match={"weight": 1.0, "layer": 0}))
     with pytest.raises(ConfigError, match="match.layer"):
         train_in_process(stage_config(tmp_path / "d", objects={"weight": 1.0}, match={"weight": 1.0, "layer": 99}))
+
+
+def test_letter_positions_name_each_letter_of_the_word_on_its_cell():
+    # A 112x28 banner, 4 cells. The word "cab" (annotation order = the word's), centres at x 40 (cell 1), 5 and 20
+    # (both cell 0): place 0 is c on cell 1, places 1 and 2 are a and b on cell 0; 26 = not here; place 3 unused.
+    a, b, c = (K + synthetic.LETTERS.index(ch) for ch in "abc")
+    annotation = {"size": [112, 28], "kinds": [c, a, b], "boxes": [[36, 4, 44, 20], [1, 4, 9, 20], [16, 4, 24, 20]]}
+    t = object_targets(annotation, (1, 2, 8), K, letter_slots=2, letter_positions=4)
+    assert t.shape == (4, target_width(K, 2, 4)) == (4, K + 14)
+    assert t[:, MATCH - 4:MATCH].tolist() == [[26, 0, 1, 26], [2, 26, 26, 26], [26] * 4, [26] * 4]
+    # The slots are as without positions (left to right within a cell), and so are the other columns.
+    plain = object_targets(annotation, (1, 2, 8), K, letter_slots=2)
+    assert torch.equal(t[:, :K + 8], plain[:, :K + 8]) and torch.equal(t[:, -2:], plain[:, -2:])
+    # Letters past the last place are not named; an image without letters is -1 (no loss) on every place.
+    assert object_targets(annotation, (1, 2, 8), K, letter_slots=2, letter_positions=2)[:, -4:-2].tolist() == \
+        [[26, 0], [2, 26], [26, 26], [26, 26]]
+    shapes = {"size": [56, 56], "kinds": [3], "boxes": [[30, 4, 50, 22]]}
+    assert (object_targets(shapes, (1, 4, 4), K, letter_slots=2, letter_positions=4)[:, MATCH - 4:MATCH] == -1).all()
+    assert (object_targets(None, (1, 4, 4), K, letter_slots=2, letter_positions=4)[:, MATCH - 4:MATCH] == -1).all()
+    with pytest.raises(ValueError, match="letter_slots"):
+        object_targets(annotation, (1, 2, 8), K, letter_positions=4)
+    # A synthetic banner: every letter of the word is named once, in the word's order, on the token reading left
+    # to right (a letter's cell never comes before an earlier letter's).
+    for i in range(10):
+        ex = synthetic.make_example("reading", 3, i, 112, reading_size=(224, 28))
+        places = object_targets(synthetic.object_annotation(ex, True), (1, 2, 16), K, letter_slots=3,
+                                letter_positions=10)[:, MATCH - 10:MATCH].long()
+        word = ex.answer
+        named = [(int((places[:, j] != 26).nonzero()[0]), synthetic.LETTERS[int(places[:, j].min())])
+                 for j in range(len(word))]
+        assert "".join(ch for _, ch in named) == word
+        assert [cell for cell, _ in named] == sorted(cell for cell, _ in named)
+        assert ((places[:, :len(word)] != 26).sum(0) == 1).all() and (places[:, len(word):] == 26).all()
+
+
+def test_spell_loss_is_the_cross_entropy_of_each_place_after_its_layer():
+    from zamba2vl.train.build import random_model
+
+    config = tiny_vl_config()
+    model = random_model(config, seed=1)
+    grid = torch.tensor([[1, 2, 8], [1, 4, 4]])  # a 112x28 banner (4 tokens) and a 56x56 image without letters
+    pixels = torch.randn(32, 3 * 14 * 14)
+    img = config.image_token_index
+    a, b = K, K + 1
+    banner = {"size": [112, 28], "kinds": [b, a], "boxes": [[2, 4, 10, 20], [30, 4, 38, 20]]}  # "ba": cells 0, 1
+    targets = torch.cat([object_targets(banner, (1, 2, 8), K, letter_slots=1, letter_positions=3),
+                         object_targets(None, (1, 4, 4), K, letter_slots=1, letter_positions=3)])
+    ids = torch.tensor([[1, 7, img, img, img, img, 5, 6], [1, 8, 9, img, img, img, img, 2]])
+    labels = torch.full_like(ids, -100)
+    head = Spelling(config.text_config.hidden_size, positions=3)
+    assert head.proj.out_features == 3 * 27
+    spelling = CausalLMLoss(model, None, spell=head, spell_weight=0.5, spell_layer=1)
+    loss, _ = spelling(ids, labels, pixels, grid, None, targets)
+    assert spelling.last_parts["spelt"] == 1
+    lm = model.language_model.model
+    kept, norm = lm.layers, lm.final_layernorm
+    lm.layers, lm.final_layernorm = kept[:1], torch.nn.Identity()
+    try:
+        embeds = model.embed_inputs(ids, pixels, grid, model.get_image_features(pixels, grid))
+        hidden = lm(embeds, None, None, torch.arange(ids.shape[1])[None].expand(2, -1))
+    finally:
+        lm.layers, lm.final_layernorm = kept, norm
+    logits = head.proj(hidden[ids == img])[:4].view(4, 3, 27)
+    wanted = [[1, 26, 26], [26, 0, 26], [26, 26, 26], [26, 26, 26]]  # b first (cell 0), then a (cell 1)
+    expected = sum(-torch.log_softmax(logits[i, j], -1)[wanted[i][j]] for i in range(4) for j in range(3)) / 4
+    assert torch.allclose(spelling.last_parts["spell"], expected, atol=1e-5)
+    assert torch.allclose(loss, 0.5 * expected, atol=1e-5)  # no labels: only the spell loss
+    loss.backward()
+    assert head.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in [*kept[1].parameters(), *norm.parameters()])
+    # With match at another layer, both read their own layer's states in one forward.
+    match = QueryMatch(config.text_config.hidden_size)
+    both = CausalLMLoss(model, None, match=match, match_weight=1.0, match_layer=2, spell=head, spell_weight=0.5,
+                        spell_layer=1)
+    together, _ = both(ids, labels, pixels, grid, None, targets)
+    assert torch.allclose(both.last_parts["spell"], expected, atol=1e-5)
+    assert torch.allclose(together, 0.5 * expected, atol=1e-5)  # no match flags here: the match head adds nothing
+
+
+def test_a_run_with_the_spell_objective_logs_it_and_checks_its_settings(tmp_path):
+    out = tmp_path / "run"
+    reading = {"sources": [{"type": "synthetic", "image_size": 56, "seed": 5, "reading_size": [112, 28],
+                            "tasks": ["reading"]}]}  # every image has letters: the means below add up
+    objects = {"weight": 1.0, "letters": True, "letter_slots": 2}
+    train_in_process(stage_config(out, optim={"max_steps": 3, "loss_per": "sample"}, data=reading,
+                                  batch={"global_batch_size": 4, "micro_batch_size": 4}, checkpoint={"every": 3},
+                                  objects=objects, spell={"weight": 0.25, "layer": 1, "positions": 6}))
+    rows = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for r in rows:  # loss = lm_loss + objects + 0.25 x spell (10 .. 100: six places of 27 classes, fresh head)
+        assert 10 < r["spell_loss"] < 100
+        assert abs(r["loss"] - (r["lm_loss"] + r["objects_loss"] + 0.25 * r["spell_loss"])) < 1e-5
+    state = torch.load(out / "checkpoints" / "step-000003" / "trainer_state.pt", weights_only=False)
+    assert state["spell"]["proj.weight"].shape[0] == 6 * 27
+    with pytest.raises(ConfigError, match="letter_slots"):
+        config_from_dict(stage_config(tmp_path / "b", objects={"weight": 1.0}, spell={"weight": 1.0}))
+    with pytest.raises(ConfigError, match="spell"):
+        config_from_dict(stage_config(tmp_path / "c", objects=objects, spell={"weight": 1.0, "positions": 0}))
+    with pytest.raises(ConfigError, match="stage: vision"):
+        config_from_dict(stage_config(tmp_path / "d", stage="vision", objects=objects, spell={"weight": 1.0}))
+    with pytest.raises(ConfigError, match="spell.layer"):
+        train_in_process(stage_config(tmp_path / "e", data=reading, objects=objects,
+                                      spell={"weight": 1.0, "layer": 99}))

@@ -15,6 +15,7 @@
     reconstruction: {weight: 1.0}   # auxiliary per-token pixel reconstruction (training only; default off)
     objects: {weight: 1.0}          # auxiliary object kinds and boxes from annotated images (training only; off)
     match: {weight: 1.0, layer: 2}  # auxiliary: is this image token's object the one asked about? (LM side; off)
+    spell: {weight: 1.0, layer: 2}  # auxiliary: which letters of the word, by place, this token holds (LM side; off)
 
 `configs/train/*.yaml` hold commented examples. Every field and its default is below.
 """
@@ -232,6 +233,18 @@ class MatchSection:
 
 
 @dataclass
+class SpellSection:
+    # An auxiliary loss on the language model (train/objects.py, Spelling; session 18): after `layer` of its
+    # layers, the hidden state at each image token of a reading image names, through a training-only linear head,
+    # the word's 1st .. `positions`-th letters that the token's cell holds (one softmax over the letters and "not
+    # here" per place). Needs the letters' annotations in slots: objects.weight > 0, letters: true, letter_slots.
+    weight: float = 0.0
+    layer: int = 2  # 1 .. the language model's number of layers
+    positions: int = 10  # the longest synthetic word has 10 letters; later letters are not named
+    init_from: str | None = None  # as objects.init_from, for this head
+
+
+@dataclass
 class TrainConfig:
     stage: str = "sft"
     seed: int = 0
@@ -251,6 +264,7 @@ class TrainConfig:
     reconstruction: ReconstructionSection = field(default_factory=ReconstructionSection)
     objects: ObjectsSection = field(default_factory=ObjectsSection)
     match: MatchSection = field(default_factory=MatchSection)
+    spell: SpellSection = field(default_factory=SpellSection)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_TRAINS:
@@ -295,6 +309,13 @@ class TrainConfig:
             raise ConfigError("match.weight > 0 reads the objects' annotations; set objects.weight > 0 too")
         if self.match.weight > 0 and self.stage == "vision":
             raise ConfigError("match trains the language model, which stage: vision does not run; set match.weight 0")
+        if not self.spell.weight >= 0 or self.spell.layer < 1 or not 1 <= self.spell.positions <= 32:
+            raise ConfigError(f"spell: weight must be >= 0, layer >= 1 and positions 1 .. 32, got {self.spell}")
+        if self.spell.weight > 0 and not (self.objects.weight > 0 and self.objects.letter_slots):
+            raise ConfigError("spell.weight > 0 reads the reading images' letter annotations; set objects.weight > 0, "
+                              "objects.letters: true and objects.letter_slots (e.g. 3) too")
+        if self.spell.weight > 0 and self.stage == "vision":
+            raise ConfigError("spell trains the language model, which stage: vision does not run; set spell.weight 0")
         if self.stage == "vision":
             if not (self.objects.weight > 0 or self.reconstruction.weight > 0):
                 raise ConfigError("stage: vision trains on the auxiliary objectives alone; set objects.weight or "

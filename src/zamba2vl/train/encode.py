@@ -91,12 +91,14 @@ class ConversationEncoder:
     """Messages (with their image sources resolved) -> Example. Raises InputError/ImageError on bad input."""
 
     def __init__(self, processor: Processor, *, max_length: int | None = None, min_pixels: int | None = None,
-                 max_pixels: int | None = None, object_kinds: int | None = None, letter_slots: int = 0):
+                 max_pixels: int | None = None, object_kinds: int | None = None, letter_slots: int = 0,
+                 letter_positions: int = 0):
         """``object_kinds``: build the objects objective's targets (train/objects.py) for that many kinds (and
-        ``letter_slots`` letter slots)."""
+        ``letter_slots`` letter slots, ``letter_positions`` letters by their place in the word)."""
         self.processor = processor
         self.object_kinds = object_kinds
         self.letter_slots = letter_slots
+        self.letter_positions = letter_positions
         self.max_length = max_length
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
@@ -136,7 +138,7 @@ class ConversationEncoder:
             merge = processor.image_processor.merge_size
             objects = torch.cat([
                 object_targets(part.get("objects"), grid, self.object_kinds, processor.image_processor.patch_size,
-                               merge, self.letter_slots)
+                               merge, self.letter_slots, letter_positions=self.letter_positions)
                 for part, grid in zip(image_parts(messages), inputs.image_grid_thw.tolist())])
         return Example(input_ids, torch.tensor(labels, dtype=torch.long), inputs.pixel_values, inputs.image_grid_thw,
                        objects)

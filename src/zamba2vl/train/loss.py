@@ -35,18 +35,23 @@ class CausalLMLoss(nn.Module):
     model's part and the reconstruction error of the last call are kept in ``last_parts`` (detached tensors).
     Likewise ``objects`` (an ``ObjectMap``) adds ``objects_weight`` x the sum over annotated images of each one's
     objects loss, when the call passes ``object_targets``; and ``match`` (a ``QueryMatch``) ``match_weight`` x its
-    loss on the language model's hidden states after ``match_layer`` layers at the image tokens. With
+    loss on the language model's hidden states after ``match_layer`` layers at the image tokens, and ``spell`` (a
+    ``Spelling``) ``spell_weight`` x its loss on those after ``spell_layer`` layers. With
     ``language_model=False`` (``stage: vision``) only the auxiliary losses are computed: the language model does not
     run and the LM part is 0."""
 
     def __init__(self, model: Zamba2VL, autocast_dtype: torch.dtype | None = None,
                  reconstruction: nn.Module | None = None, reconstruction_weight: float = 0.0,
                  objects: nn.Module | None = None, objects_weight: float = 0.0, language_model: bool = True,
-                 match: nn.Module | None = None, match_weight: float = 0.0, match_layer: int = 2):
+                 match: nn.Module | None = None, match_weight: float = 0.0, match_layer: int = 2,
+                 spell: nn.Module | None = None, spell_weight: float = 0.0, spell_layer: int = 2):
         super().__init__()
         self.match = match
         self.match_weight = match_weight
         self.match_layer = match_layer
+        self.spell = spell
+        self.spell_weight = spell_weight
+        self.spell_layer = spell_layer
         self.language_model = language_model
         self.model = model
         self.autocast_dtype = autocast_dtype
@@ -85,10 +90,19 @@ class CausalLMLoss(nn.Module):
             if not loss.requires_grad:  # a micro-batch without images: a zero gradient, so every process steps alike
                 loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
             return loss, keep.sum()
-        match = self.match is not None and pixel_values is not None and object_targets is not None
-        seen: list[torch.Tensor] = []
-        hook = lm.model.layers[self.match_layer - 1].register_forward_hook(
-            lambda module, args, out: seen.append(out)) if match else None
+        # The language-model-side heads (name, head, weight, layer) this call trains: they read the hidden state
+        # after their layer, taken with a forward hook (removed after the forward).
+        lm_heads = [(name, head, weight, layer) for name, head, weight, layer in
+                    (("match", self.match, self.match_weight, self.match_layer),
+                     ("spell", self.spell, self.spell_weight, self.spell_layer))
+                    if head is not None and pixel_values is not None and object_targets is not None]
+        seen: dict[int, torch.Tensor] = {}
+
+        def keeper(layer: int):
+            return lambda module, args, out: seen.__setitem__(layer, out)
+
+        hooks = [lm.model.layers[layer - 1].register_forward_hook(keeper(layer))
+                 for layer in sorted({layer for *_, layer in lm_heads})]
         try:
             with self.autocast():
                 embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
@@ -96,7 +110,7 @@ class CausalLMLoss(nn.Module):
                 hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
                 logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         if row_weights is None:
             loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
@@ -105,13 +119,13 @@ class CausalLMLoss(nn.Module):
             weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
             loss = (per_token * weights).sum()
         loss = self._add_auxiliary(loss, features, pixel_values, image_grid_thw, object_targets, recon, objects)
-        if match:
+        counts = {"match": "asked", "spell": "spelt"}
+        for name, head, weight, layer in lm_heads:
             # The layer's output at the image tokens, image after image: the merged features' order.
-            at_images = seen[0][input_ids == vl.config.image_token_index]
-            error, asked = self.match(at_images, object_targets, image_grid_thw,
-                                      vl.config.vision_config.spatial_merge_size**2)
-            self.last_parts.update(match=error.detach(), asked=asked)
-            loss = loss + self.match_weight * error
+            at_images = seen[layer][input_ids == vl.config.image_token_index]
+            error, n = head(at_images, object_targets, image_grid_thw, vl.config.vision_config.spatial_merge_size**2)
+            self.last_parts.update({name: error.detach(), counts[name]: n})
+            loss = loss + weight * error
         return loss, keep.sum()
 
     def _add_auxiliary(self, loss, features, pixel_values, image_grid_thw, object_targets, recon: bool,
@@ -120,7 +134,8 @@ class CausalLMLoss(nn.Module):
         vl = self.model
         zero = torch.zeros((), device=loss.device)
         self.last_parts = {"lm": loss.detach(), "reconstruction": zero, "images": 0, "objects": zero,
-                           "annotated": 0, "match": zero, "asked": 0}
+                           "annotated": 0, "match": zero, "asked": 0,
+                           "spell": zero, "spelt": 0}
         if recon:
             error, images = self.reconstruction(features, pixel_values, image_grid_thw)
             self.last_parts.update(reconstruction=error.detach(), images=images)

@@ -46,18 +46,21 @@ from zamba2vl.train.reconstruction import image_sums, seeded_head
 from zamba2vl.train.synthetic import LETTERS
 
 
-def target_width(n_kinds: int, letter_slots: int = 0) -> int:
+def target_width(n_kinds: int, letter_slots: int = 0, letter_positions: int = 0) -> int:
     """Columns of a target row: n_kinds multi-hot kinds, 4 box coordinates, has-box flag, the kind of the cell's
-    (largest) object (n_kinds: none), ``letter_slots`` letter slots, the match flag (``MATCH``), annotated flag."""
-    return n_kinds + 8 + letter_slots
+    (largest) object (n_kinds: none), ``letter_slots`` letter slots, ``letter_positions`` letters by their place
+    in the word (``Spelling``), the match flag (``MATCH``), annotated flag."""
+    return n_kinds + 8 + letter_slots + letter_positions
 
 
 MATCH = -2  # the target column of QueryMatch: 1 / 0 whether the cell holds an asked-about object's centre, -1 unknown
 
 
 def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int, patch_size: int = 14,
-                   merge: int = 2, letter_slots: int = 0, n_letters: int = len(LETTERS)) -> torch.Tensor:
-    """The targets [merged tokens, target_width(n_kinds, letter_slots)] of one image with grid (t, h, w) in
+                   merge: int = 2, letter_slots: int = 0, n_letters: int = len(LETTERS),
+                   letter_positions: int = 0) -> torch.Tensor:
+    """The targets [merged tokens, target_width(n_kinds, letter_slots, letter_positions)] of one image with grid
+    (t, h, w) in
     patches. Tokens are in the processor's order: row-major over the (h / merge) x (w / merge) cells, frame after
     frame. An image without annotation gets rows of zeros (annotated flag 0: it adds no loss).
 
@@ -66,14 +69,20 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
     the i-th letter, left to right, whose box centre falls in the cell (0 .. n_letters - 1), or n_letters when the
     cell holds fewer; -1 (no loss) on every slot of an image without letters.
 
+    With ``letter_positions`` P > 0 (and letter slots), column i of the P after the slots is the word's i-th letter
+    (in the annotation's order, which is the word's) on the cell holding that letter's centre, n_letters ("not
+    here") on the other cells; -1 on every cell of an image without letters. Letters after the P-th are not named.
+
     An annotation's optional ``"match": [0 or 1 per object]`` (which objects the question asks about) fills the
     ``MATCH`` column: 1 on the cells holding a matched object's centre, 0 on the others; -1 (no loss) without it."""
     t, h, w = (int(v) for v in grid_thw)
     rows, cols = h // merge, w // merge
-    out = torch.zeros(t * rows * cols, target_width(n_kinds, letter_slots))
+    if letter_positions and not letter_slots:
+        raise ValueError("letter_positions needs letter_slots > 0 (a reading image's letters are not kinds then)")
+    out = torch.zeros(t * rows * cols, target_width(n_kinds, letter_slots, letter_positions))
     out[:, MATCH] = -1
     if letter_slots:
-        out[:, n_kinds + 6:n_kinds + 6 + letter_slots] = -1
+        out[:, n_kinds + 6:n_kinds + 6 + letter_slots + letter_positions] = -1
     if annotation is None:
         return out
     try:
@@ -98,12 +107,14 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
         rows_out[:, MATCH] = 0.0
     area: dict[int, float] = {}
     letters: dict[int, list[tuple[float, int]]] = {}  # cell -> [(centre x, letter)]
+    spelt: list[tuple[int, int]] = []  # (cell, letter) in the word's order
     for j, (kind, (x1, y1, x2, y2)) in enumerate(zip(kinds, boxes)):
         box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
         r = min(rows - 1, int((box[1] + box[3]) / 2))
         c = min(cols - 1, int((box[0] + box[2]) / 2))
         if kind >= n_kinds:
             letters.setdefault(r * cols + c, []).append(((box[0] + box[2]) / 2, kind - n_kinds))
+            spelt.append((r * cols + c, kind - n_kinds))
             continue
         size = (box[2] - box[0]) * (box[3] - box[1])
         for frame in range(t):
@@ -123,6 +134,11 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
             for cell, found in letters.items():
                 ordered = [letter for _, letter in sorted(found)][:letter_slots]
                 rows_out[frame * rows * cols + cell, first:first + len(ordered)] = ordered
+            if letter_positions:
+                at = first + letter_slots
+                rows_out[frame * rows * cols:(frame + 1) * rows * cols, at:at + letter_positions] = n_letters
+                for i, (cell, letter) in enumerate(spelt[:letter_positions]):
+                    rows_out[frame * rows * cols + cell, at + i] = letter
     return out
 
 
@@ -195,6 +211,42 @@ class QueryMatch(nn.Module):
         label = targets[:, MATCH].to(logit.device, torch.float32)
         known = (label >= 0).to(logit.dtype)
         loss = F.binary_cross_entropy_with_logits(logit, label.clamp(min=0), reduction="none") * known
+        sums, _ = image_sums(loss, image_grid_thw, unit)
+        counts = image_sums(known, image_grid_thw, unit)[0]
+        has = counts > 0
+        return (sums[has] / counts[has]).sum(), int(has.sum())
+
+
+class Spelling(nn.Module):
+    """The ``spell`` objective (session 18): a linear map from the language model's hidden state at each image
+    token of a reading image, after some of its layers, to ``positions`` softmaxes over the 26 letters and "not
+    here": which letter of the word, counted from its start, the token's cell holds (``object_targets``'
+    ``letter_positions`` columns).
+
+    To answer "What word is written?" one letter after another, the model must find, at the answer's i-th letter,
+    the image token holding the word's i-th letter. The vision tower names the letters of each cell (left to right
+    within it); their place in the whole word is a running count over the cells before, which the Mamba layers can
+    carry along the image's row, and which the shared block's attention can then look up. Learnt through the answers
+    alone, reading was the slowest task (session 17: 3% / 9% / 34% / 59% held-out words at steps 1,000 .. 4,000);
+    this head asks for the count directly. Cross-entropy summed over the positions, mean over an image's tokens;
+    images without letters add nothing. Exists only during training."""
+
+    def __init__(self, hidden_size: int, positions: int, seed: int = 0, n_letters: int = len(LETTERS)):
+        super().__init__()
+        self.positions = positions
+        self.n_letters = n_letters
+        self.proj = seeded_head(hidden_size, positions * (n_letters + 1), seed + 3)
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor,
+                image_grid_thw: torch.Tensor, unit: int) -> tuple[torch.Tensor, int]:
+        """Hidden states [tokens, hidden] at a batch's image tokens (in the order of their merged features) and
+        the images' object targets -> (the sum over images with letters of each one's mean token loss, the number
+        of such images)."""
+        p, c = self.positions, self.n_letters + 1
+        logits = self.proj(hidden).float().reshape(-1, c)
+        labels = targets[:, MATCH - p:MATCH].to(logits.device).long().reshape(-1)
+        loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="none").view(-1, p).sum(-1)
+        known = (targets[:, MATCH - p] >= 0).to(loss.device, loss.dtype)
         sums, _ = image_sums(loss, image_grid_thw, unit)
         counts = image_sums(known, image_grid_thw, unit)[0]
         has = counts > 0

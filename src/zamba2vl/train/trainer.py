@@ -44,7 +44,7 @@ from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
 from zamba2vl.train.evaluate import evaluate, held_out_examples
 from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.mixture import Mixture
-from zamba2vl.train.objects import ObjectMap, QueryMatch
+from zamba2vl.train.objects import ObjectMap, QueryMatch, Spelling
 from zamba2vl.train.optim import apply_freeze, make_optimizer, make_scheduler
 from zamba2vl.train.plot import plot_run, read_jsonl
 from zamba2vl.train.reconstruction import PixelReconstruction
@@ -93,7 +93,8 @@ def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
                                            letters=config.objects.weight > 0 and config.objects.letters))
     encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                                   object_kinds=object_kinds(config) if config.objects.weight > 0 else None,
-                                  letter_slots=config.objects.letter_slots)
+                                  letter_slots=config.objects.letter_slots,
+                                  letter_positions=config.spell.positions if config.spell.weight > 0 else 0)
     return Mixture(sources, [s.weight for s in d.sources], encoder, seed=config.seed, skips=skips,
                    max_image_tokens=d.max_image_tokens)
 
@@ -177,9 +178,17 @@ class Trainer:
                 raise ConfigError(f"match.layer: {c.match.layer}, but the language model has {layers} layers")
             self.match = QueryMatch(self.model.config.text_config.hidden_size,
                                     seed=c.model.init_seed).to(self.dist.device)
+        self.spell = None
+        if c.spell.weight > 0:
+            layers = self.model.config.text_config.num_hidden_layers
+            if c.spell.layer > layers:
+                raise ConfigError(f"spell.layer: {c.spell.layer}, but the language model has {layers} layers")
+            self.spell = Spelling(self.model.config.text_config.hidden_size, c.spell.positions,
+                                  seed=c.model.init_seed).to(self.dist.device)
         self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
                                        self.objects, c.objects.weight, language_model=c.stage != "vision",
-                                       match=self.match, match_weight=c.match.weight, match_layer=c.match.layer)
+                                       match=self.match, match_weight=c.match.weight, match_layer=c.match.layer,
+                                       spell=self.spell, spell_weight=c.spell.weight, spell_layer=c.spell.layer)
         self.wrapped: torch.nn.Module = self.loss_model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -190,7 +199,7 @@ class Trainer:
                                                    broadcast_buffers=False)  # buffers are constants
         # The training-only heads that are on, by config section: optimised, saved and restored with the run.
         self.heads = {name: m for name, m in (("reconstruction", self.reconstruction), ("objects", self.objects),
-                                              ("match", self.match)) if m is not None}
+                                              ("match", self.match), ("spell", self.spell)) if m is not None}
         self.params = [p for p in self.loss_model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.model, c.optim, self.heads or None)
         self.scheduler = make_scheduler(self.optimizer, c.optim)
@@ -303,8 +312,9 @@ class Trainer:
         self._report_skips()
         scale = d.world / max(tokens, 1.0)  # DDP divides by world: the step's gradient is d(sum)/d(w) / tokens
         loss_sum = torch.zeros((), dtype=torch.float32, device=d.device)
-        # LM loss, reconstruction error, images, objects loss, annotated images, match loss, images asked about
-        parts = torch.zeros(7, dtype=torch.float64, device=d.device)
+        # LM loss, reconstruction error, images, objects loss, annotated images, match loss, images asked about,
+        # spell loss, images with letters
+        parts = torch.zeros(9, dtype=torch.float64, device=d.device)
         for i, b in enumerate(batches):
             b = b.to(d.device)
             last = i == len(batches) - 1
@@ -323,6 +333,8 @@ class Trainer:
                 parts[4] += p["annotated"]
                 parts[5] += p["match"].double()
                 parts[6] += p["asked"]
+                parts[7] += p["spell"].double()
+                parts[8] += p["spelt"]
         clip = self.config.optim.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
         lr = self.config.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # before lr_scale
@@ -339,8 +351,9 @@ class Trainer:
         if self.heads:
             # "loss" is what was minimised; "lm_loss" the language model's part of it (comparable with a run
             # without the auxiliary objectives); "reconstruction_mse" the mean error per image; "objects_loss"
-            # the mean objects loss per annotated image; "match_loss" the mean match loss per image with match flags.
-            lm, err, images, obj, annotated, match, asked = distributed.all_sum(parts.cpu(), d).tolist()
+            # the mean objects loss per annotated image; "match_loss" the mean match loss per image with match flags;
+            # "spell_loss" the mean spell loss per image with letters.
+            lm, err, images, obj, annotated, match, asked, spell, spelt = distributed.all_sum(parts.cpu(), d).tolist()
             row["lm_loss"] = lm / max(tokens, 1.0)
             if self.reconstruction is not None:
                 row["reconstruction_mse"] = err / max(images, 1.0)
@@ -348,6 +361,8 @@ class Trainer:
                 row["objects_loss"] = obj / max(annotated, 1.0)
             if self.match is not None:
                 row["match_loss"] = match / max(asked, 1.0)
+            if self.spell is not None:
+                row["spell_loss"] = spell / max(spelt, 1.0)
         row["step_s"] = round(time.perf_counter() - t0, 4)
         return row
 
