@@ -35,6 +35,19 @@ def annotated_run(out, steps: int, **sections) -> list[dict]:
     return [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
 
 
+def first_layer_states(model, ids, pixels, grid) -> torch.Tensor:
+    """The language model's hidden states [b, L, h] after its first layer alone (no final norm), computed by
+    running the stack cut to that layer (restored after): what the match and spell heads at layer 1 must read."""
+    lm = model.language_model.model
+    kept, norm = lm.layers, lm.final_layernorm
+    lm.layers, lm.final_layernorm = kept[:1], torch.nn.Identity()
+    try:
+        embeds = model.embed_inputs(ids, pixels, grid, model.get_image_features(pixels, grid))
+        return lm(embeds, None, None, torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1))
+    finally:
+        lm.layers, lm.final_layernorm = kept, norm
+
+
 def test_targets_mark_the_cell_of_each_centre_with_its_kind_and_box():
     # A 112x112 image: 8x8 patches, 4x4 merged tokens of 28 pixels. Object 0 (kind 5) spans x 30-50, y 2-20:
     # centre (40, 11), cell (row 0, col 1) = token 1. Object 1 (kind 7) centre (84, 98): cell (3, 3) = token 15.
@@ -486,14 +499,9 @@ def test_match_loss_reads_the_language_model_after_its_layer():
     loss, count2 = with_match(ids, labels, pixels, grid, None, targets)
     assert count == count2 == 2 and with_match.last_parts["asked"] == 1
     # The same hidden states by hand: the first layer only, no final norm.
+    hidden = first_layer_states(model, ids, pixels, grid)
     lm = model.language_model.model
     kept, norm = lm.layers, lm.final_layernorm
-    lm.layers, lm.final_layernorm = kept[:1], torch.nn.Identity()
-    try:
-        embeds = model.embed_inputs(ids, pixels, grid, model.get_image_features(pixels, grid))
-        hidden = lm(embeds, None, None, torch.arange(ids.shape[1])[None].expand(2, -1))
-    finally:
-        lm.layers, lm.final_layernorm = kept, norm
     logits = head.proj(hidden[ids == img])[:4, 0]
     expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 0.0, 0.0, 1.0]))
     assert torch.allclose(with_match.last_parts["match"], expected, atol=1e-5)
@@ -579,14 +587,9 @@ def test_spell_loss_is_the_cross_entropy_of_each_place_after_its_layer():
     spelling = CausalLMLoss(model, None, spell=head, spell_weight=0.5, spell_layer=1)
     loss, _ = spelling(ids, labels, pixels, grid, None, targets)
     assert spelling.last_parts["spelt"] == 1
+    hidden = first_layer_states(model, ids, pixels, grid)
     lm = model.language_model.model
     kept, norm = lm.layers, lm.final_layernorm
-    lm.layers, lm.final_layernorm = kept[:1], torch.nn.Identity()
-    try:
-        embeds = model.embed_inputs(ids, pixels, grid, model.get_image_features(pixels, grid))
-        hidden = lm(embeds, None, None, torch.arange(ids.shape[1])[None].expand(2, -1))
-    finally:
-        lm.layers, lm.final_layernorm = kept, norm
     logits = head.proj(hidden[ids == img])[:4].view(4, 3, 27)
     wanted = [[1, 26, 26], [26, 0, 26], [26, 26, 26], [26, 26, 26]]  # b first (cell 0), then a (cell 1)
     expected = sum(-torch.log_softmax(logits[i, j], -1)[wanted[i][j]] for i in range(4) for j in range(3)) / 4

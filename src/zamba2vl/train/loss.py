@@ -90,12 +90,12 @@ class CausalLMLoss(nn.Module):
             if not loss.requires_grad:  # a micro-batch without images: a zero gradient, so every process steps alike
                 loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
             return loss, keep.sum()
-        # The language-model-side heads (name, head, weight, layer) this call trains: they read the hidden state
-        # after their layer, taken with a forward hook (removed after the forward).
-        lm_heads = [(name, head, weight, layer) for name, head, weight, layer in
-                    (("match", self.match, self.match_weight, self.match_layer),
-                     ("spell", self.spell, self.spell_weight, self.spell_layer))
-                    if head is not None and pixel_values is not None and object_targets is not None]
+        # The language-model-side heads this call trains, as (name, name of its image count in last_parts, head,
+        # weight, layer): they read the hidden state after their layer, taken with a forward hook (removed after the
+        # forward).
+        lm_heads = [entry for entry in (("match", "asked", self.match, self.match_weight, self.match_layer),
+                                        ("spell", "spelt", self.spell, self.spell_weight, self.spell_layer))
+                    if entry[2] is not None and pixel_values is not None and object_targets is not None]
         seen: dict[int, torch.Tensor] = {}
 
         def keeper(layer: int):
@@ -119,12 +119,11 @@ class CausalLMLoss(nn.Module):
             weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
             loss = (per_token * weights).sum()
         loss = self._add_auxiliary(loss, features, pixel_values, image_grid_thw, object_targets, recon, objects)
-        counts = {"match": "asked", "spell": "spelt"}
-        for name, head, weight, layer in lm_heads:
+        for name, count, head, weight, layer in lm_heads:
             # The layer's output at the image tokens, image after image: the merged features' order.
             at_images = seen[layer][input_ids == vl.config.image_token_index]
             error, n = head(at_images, object_targets, image_grid_thw, vl.config.vision_config.spatial_merge_size**2)
-            self.last_parts.update({name: error.detach(), counts[name]: n})
+            self.last_parts.update({name: error.detach(), count: n})
             loss = loss + weight * error
         return loss, keep.sum()
 

@@ -56,6 +56,16 @@ def target_width(n_kinds: int, letter_slots: int = 0, letter_positions: int = 0)
 MATCH = -2  # the target column of QueryMatch: 1 / 0 whether the cell holds an asked-about object's centre, -1 unknown
 
 
+def known_token_means(loss: torch.Tensor, known: torch.Tensor, image_grid_thw: torch.Tensor,
+                      unit: int) -> tuple[torch.Tensor, int]:
+    """Token losses [tokens] (0 where unknown) and the 0 / 1 mask of tokens with a target [tokens] -> (the sum over
+    images with any such token of each one's mean loss over them, the number of those images)."""
+    sums, _ = image_sums(loss, image_grid_thw, unit)
+    counts = image_sums(known, image_grid_thw, unit)[0]
+    has = counts > 0
+    return (sums[has] / counts[has]).sum(), int(has.sum())
+
+
 def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int, patch_size: int = 14,
                    merge: int = 2, letter_slots: int = 0, n_letters: int = len(LETTERS),
                    letter_positions: int = 0) -> torch.Tensor:
@@ -211,10 +221,7 @@ class QueryMatch(nn.Module):
         label = targets[:, MATCH].to(logit.device, torch.float32)
         known = (label >= 0).to(logit.dtype)
         loss = F.binary_cross_entropy_with_logits(logit, label.clamp(min=0), reduction="none") * known
-        sums, _ = image_sums(loss, image_grid_thw, unit)
-        counts = image_sums(known, image_grid_thw, unit)[0]
-        has = counts > 0
-        return (sums[has] / counts[has]).sum(), int(has.sum())
+        return known_token_means(loss, known, image_grid_thw, unit)
 
 
 class Spelling(nn.Module):
@@ -247,7 +254,4 @@ class Spelling(nn.Module):
         labels = targets[:, MATCH - p:MATCH].to(logits.device).long().reshape(-1)
         loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="none").view(-1, p).sum(-1)
         known = (targets[:, MATCH - p] >= 0).to(loss.device, loss.dtype)
-        sums, _ = image_sums(loss, image_grid_thw, unit)
-        counts = image_sums(known, image_grid_thw, unit)[0]
-        has = counts > 0
-        return (sums[has] / counts[has]).sum(), int(has.sum())
+        return known_token_means(loss, known, image_grid_thw, unit)

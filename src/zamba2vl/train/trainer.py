@@ -171,18 +171,17 @@ class Trainer:
             self.objects = ObjectMap(self.model.config.text_config.hidden_size, object_kinds(c), c.objects.box_weight,
                                      seed=c.model.init_seed, kind_loss=c.objects.kind_loss,
                                      letter_slots=c.objects.letter_slots).to(self.dist.device)
+        layers = self.model.config.text_config.num_hidden_layers
+        for name in ("match", "spell"):  # the language-model-side heads read the hidden state after their layer
+            section = getattr(c, name)
+            if section.weight > 0 and section.layer > layers:
+                raise ConfigError(f"{name}.layer: {section.layer}, but the language model has {layers} layers")
         self.match = None
         if c.match.weight > 0:
-            layers = self.model.config.text_config.num_hidden_layers
-            if c.match.layer > layers:
-                raise ConfigError(f"match.layer: {c.match.layer}, but the language model has {layers} layers")
             self.match = QueryMatch(self.model.config.text_config.hidden_size,
                                     seed=c.model.init_seed).to(self.dist.device)
         self.spell = None
         if c.spell.weight > 0:
-            layers = self.model.config.text_config.num_hidden_layers
-            if c.spell.layer > layers:
-                raise ConfigError(f"spell.layer: {c.spell.layer}, but the language model has {layers} layers")
             self.spell = Spelling(self.model.config.text_config.hidden_size, c.spell.positions,
                                   seed=c.model.init_seed).to(self.dist.device)
         self.loss_model = CausalLMLoss(self.model, self.autocast_dtype, self.reconstruction, rc.weight,
