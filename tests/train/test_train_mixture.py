@@ -11,7 +11,7 @@ from trainkit import processor
 from zamba2vl.train import synthetic
 from zamba2vl.train.encode import ConversationEncoder
 from zamba2vl.train.mixture import Mixture
-from zamba2vl.train.sources import JsonlSource, SkipLog, SyntheticSource
+from zamba2vl.train.sources import DataError, JsonlSource, SkipLog, SyntheticSource
 
 class Counted:
     """A stand-in source of `size` records (None: endless) that draws nothing from disk."""
@@ -116,3 +116,93 @@ def test_synthetic_source_grounding_format():
     assert messages[1]["content"][0]["text"] == "[" + ", ".join(map(str, box)) + "]"
     with pytest.raises(DataError, match="grounding_format.*'xml'"):
         SyntheticSource(tasks=["grounding"], seed=3, image_size=56, grounding_format="xml")
+
+
+# ------------------------------------------------------------------------------------------------ prefetch
+
+
+def _encoded_answer_record(answer: str) -> str:
+    return json.dumps({"messages": [
+        {"role": "user", "content": [{"type": "image", "image": "img.png"}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]}]})
+
+
+def _prefetch_pair(tmp_path, stop=False):
+    """Two mixtures over the same data, without and with prefetch: a JSONL source with two records too long to encode
+    (bad records met only when a step takes them) and a synthetic one."""
+    from PIL import Image
+
+    Image.new("RGB", (56, 56), (20, 200, 30)).save(tmp_path / "img.png")
+    lines = [_encoded_answer_record(a) for a in ("green", "a very long answer " * 20, "lime", "no " * 80, "leaf")]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    encoder = ConversationEncoder(processor(), max_length=72)  # the synthetic samples fit; lines 2 and 4 do not
+
+    def build(prefetch):
+        skips = SkipLog(stop=stop)
+        sources = [JsonlSource(str(path), skips=skips, progress=False), SyntheticSource(seed=8, image_size=56)]
+        return Mixture(sources, [2.0, 1.0], encoder, seed=5, skips=skips, prefetch=prefetch)
+
+    return build(False), build(True), str(path)
+
+
+def _ids(micro_batches):
+    return [(e.input_ids.tolist(), None if e.pixel_values is None else e.pixel_values.sum().item())
+            for mb in micro_batches for e in mb]
+
+
+def test_prefetch_loads_the_next_step_in_the_background_and_changes_nothing(tmp_path):
+    import threading
+
+    plain, ahead, path = _prefetch_pair(tmp_path)
+    where = []  # the thread each example of `ahead` was encoded in
+    encode = ahead._encode
+
+    def spy(s, n):
+        where.append(threading.current_thread().name)
+        return encode(s, n)
+
+    ahead._encode = spy
+    for step in range(6):  # a global batch of 4 split over 2 ranks: this is rank 1
+        a, b = plain.next_step(4, 1, 2, micro=1), ahead.next_step(4, 1, 2, micro=1)
+        assert _ids(a) == _ids(b)
+        # bad records are reported by the step that takes them, not when they are loaded ahead
+        assert plain.skips.records == ahead.skips.records
+        assert plain.state_dict() == ahead.state_dict()
+    assert plain.skips.count >= 1 and {w for w, _ in plain.skips.records} <= {f"{path}:2", f"{path}:4"}
+    assert where[:2] == ["MainThread"] * 2  # the first step: nothing was ahead yet
+    assert len(where) >= 12 and all(t.startswith("zamba2vl-data") for t in where[2:])
+    # the step after the last one is loading; `more=False` starts nothing, and close() ends the thread
+    assert ahead._ahead is not None
+    ahead.next_step(4, 1, 2, micro=1, more=False)
+    assert ahead._ahead is None
+    ahead.close()
+    assert ahead._pool is None
+
+
+def test_prefetch_after_a_resume_drops_what_it_loaded_ahead(tmp_path):
+    plain, ahead, _ = _prefetch_pair(tmp_path)
+    for _ in range(3):
+        plain.next_step(4, 0, 1, micro=2)
+    saved = plain.state_dict()
+    ahead.next_step(4, 0, 1, micro=2)  # now loading step 2 ahead
+    ahead.load_state_dict(saved)  # ... but the run resumes at step 4
+    assert _ids(ahead.next_step(4, 0, 1, micro=2)) == _ids(plain.next_step(4, 0, 1, micro=2))
+    assert _ids(ahead.next_step(4, 0, 1, micro=2)) == _ids(plain.next_step(4, 0, 1, micro=2))
+    ahead.close()
+
+
+def test_prefetch_stops_a_strict_run_at_the_step_that_takes_the_bad_record(tmp_path):
+    plain, ahead, path = _prefetch_pair(tmp_path, stop=True)
+    for step in range(1, 20):
+        try:
+            plain.next_step(2, 0, 1, micro=1)
+        except DataError as e:
+            with pytest.raises(DataError) as caught:
+                ahead.next_step(2, 0, 1, micro=1)
+            assert str(caught.value) == str(e) and e.where in (f"{path}:2", f"{path}:4")
+            break
+        ahead.next_step(2, 0, 1, micro=1)  # the same step goes through with prefetch too
+    else:
+        pytest.fail("no step took a bad record")
+    ahead.close()

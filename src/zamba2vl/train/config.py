@@ -131,6 +131,9 @@ class DataSection:
     on_bad_record: str = "skip"  # skip (counted and reported) | stop (raise at the first one)
     validate_images: bool = True  # read every image header when indexing (missing files, token budget)
     progress: bool = True
+    # Load the next step's samples in a background thread while this step trains (the same samples in the same
+    # order either way; off: load each step's when it starts)
+    prefetch: bool = True
 
 
 @dataclass

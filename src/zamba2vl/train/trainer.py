@@ -96,7 +96,7 @@ def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
                                   letter_slots=config.objects.letter_slots,
                                   letter_positions=config.spell.positions if config.spell.weight > 0 else 0)
     return Mixture(sources, [s.weight for s in d.sources], encoder, seed=config.seed, skips=skips,
-                   max_image_tokens=d.max_image_tokens)
+                   max_image_tokens=d.max_image_tokens, prefetch=d.prefetch)
 
 
 def _seed_all(seed: int) -> None:
@@ -292,7 +292,8 @@ class Trainer:
         d = self.dist
         t0 = time.perf_counter()
         skips_before = self.skips.count
-        micro_batches = self.mixture.next_step(self.config.batch.global_batch_size, d.rank, d.world, self.micro)
+        micro_batches = self.mixture.next_step(self.config.batch.global_batch_size, d.rank, d.world, self.micro,
+                                               more=self.step + 1 < self.config.optim.max_steps)
         pad = self.processor.tokenizer.pad_token_id or 0
         batches = [collate(mb, pad) for mb in micro_batches]
         loss_per = self.config.optim.loss_per
@@ -419,6 +420,7 @@ class Trainer:
                     os.kill(os.getpid(), signal.SIGKILL)
         finally:
             bar.close()
+            self.mixture.close()
             if log:
                 log.close()
         summary = {"step": self.step, "loss": last.get("loss"), "skipped": self.index_skips + self.lazy_skips,
