@@ -50,3 +50,19 @@ def test_sigkilled_run_resumes_with_the_same_losses(tmp_path):
     skipped = [json.loads(line) for line in (run / "skipped.jsonl").read_text().splitlines()]
     assert [(s["where"].rsplit("/", 1)[-1], s["step"]) for s in skipped] == [("data.jsonl:4", None)]
     assert (run / "loss.png").stat().st_size > 0
+
+
+def test_a_run_with_prefetch_writes_the_same_losses(tmp_path):
+    from zamba2vl.train.config import config_from_dict
+    from zamba2vl.train.trainer import Trainer
+
+    runs = {}
+    for prefetch in (False, True):
+        config = mixed_config(tmp_path, f"prefetch_{prefetch}", every=0)
+        config["optim"]["max_steps"] = 5
+        config["data"]["prefetch"] = prefetch
+        summary = Trainer(config_from_dict(config), progress=False).train()
+        rows = [json.loads(line) for line in open(tmp_path / f"prefetch_{prefetch}" / "loss.jsonl")]
+        runs[prefetch] = ([(r["loss"], r["skipped"]) for r in rows], summary["skipped"])
+    assert len(runs[False][0]) == 5 and runs[True] == runs[False]
+    assert runs[False][1] >= 1  # the bad JSONL line was met and counted in both

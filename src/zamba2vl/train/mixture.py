@@ -11,8 +11,9 @@ length, into micro-batches. A record that fails to encode is replaced by another
 ``(seed, RETRY, s, n, attempt)``; the failure is counted and reported (or stops the run).
 
 With ``prefetch`` on (``data.prefetch``, default off), the next step's shard is read, drawn and encoded in a
-background thread while this step trains. Loading is a function of (source, pick number) alone, so the examples, their order and the sampler state
-saved in a checkpoint are the same as without it; bad records are reported when their step takes them, as before.
+background thread while this step trains. Loading is a function of (source, pick number) alone, so the examples,
+their order and the sampler state saved in a checkpoint are the same as without it; bad records are reported when
+their step takes them, as before.
 """
 
 from __future__ import annotations
