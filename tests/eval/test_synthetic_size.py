@@ -64,12 +64,23 @@ def test_reading_size_flag():
             parser.parse_args(["--model", "oracle", "--bench", "synthetic", "--synthetic-reading-size", bad])
 
 
-def test_banners_are_evaluated_as_drawn():
-    # A 224x28 reading banner has 6,272 pixels, under the default floor of 10 merged tokens (7,840); the synthetic
-    # benchmark keeps it at its own size (one row of 8 tokens), as in training.
+def test_banners_are_resized_by_the_models_own_processor():
+    # A 224x28 reading banner has 6,272 pixels, under the usual floor of 10 merged tokens (7,840). The synthetic
+    # benchmark sets no floor of its own: the model's processor decides, as in training. The shipped nano model's
+    # (3,136) keeps the banner as drawn (one row of 8 tokens); a model trained with data.min_pixels 12,544 enlarges
+    # it to 336x56 (2 rows of 12), as it saw it in training.
     from zamba2vl.eval.benchmarks import get_benchmark
-    from zamba2vl.processing.image import smart_resize
+    from zamba2vl.eval.runner import _request
+    from zamba2vl.processing.image import ImageProcessor
 
     bench = get_benchmark("synthetic")
-    assert bench.min_pixels <= 224 * 28
-    assert smart_resize(28, 224, factor=28, min_pixels=bench.min_pixels, max_pixels=bench.max_pixels) == (28, 224)
+    sample = next(s for s in load_synthetic("", EvalConfig(synthetic={"rows": 8, "seed": 1234, "image_size": 112,
+                                                                      "reading_size": [224, 28]}))
+                  if s.fields["category"] == "reading")
+    request = _request(bench, sample, EvalConfig())
+    assert request.min_pixels is None and request.images[0].size == (224, 28)
+    for floor, grid in ((3136, [1, 2, 16]), (112 * 112, [1, 4, 24])):
+        out = ImageProcessor(min_pixels=floor)(request.images, min_pixels=request.min_pixels)
+        assert out["image_grid_thw"].tolist() == [grid]
+    # An explicit --min-pixels still wins.
+    assert _request(bench, sample, EvalConfig(min_pixels=112 * 112)).min_pixels == 112 * 112

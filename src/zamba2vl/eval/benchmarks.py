@@ -49,7 +49,7 @@ class Benchmark:
     make_scorer: Callable[[EvalConfig], Scorer]
     make_prompt: Callable[[EvalSample, EvalConfig], str]
     max_new_tokens: int = 64
-    min_pixels: int = DEFAULT_MIN_PIXELS
+    min_pixels: int | None = DEFAULT_MIN_PIXELS  # None: the model's own processor's
     max_pixels: int = DEFAULT_MAX_PIXELS
     hidden_answers: bool = False  # test splits whose answers are private: write a submission file
     load: Callable[[str, EvalConfig], list[EvalSample]] | None = None  # custom loader (synthetic)

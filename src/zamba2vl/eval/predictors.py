@@ -22,8 +22,8 @@ class EvalRequest:
     index: Any  # the benchmark row this request is for
     images: list  # PIL images, in the order the prompt refers to them
     prompt: str
-    min_pixels: int
-    max_pixels: int
+    min_pixels: int | None  # None: the model's processor's
+    max_pixels: int | None
     max_new_tokens: int
     meta: dict = field(default_factory=dict)
 

@@ -14,8 +14,6 @@ from zamba2vl.eval.scorers.base import Graded, ScoreReport
 from zamba2vl.train import synthetic as tasks
 
 
-SYNTHETIC_MIN_PIXELS = 4 * 28 * 28  # the smallest canvas make_example draws (56x56, or a 112x28 banner)
-
 
 def load_synthetic(_: str, config: EvalConfig) -> list[EvalSample]:
     opts = {"rows": 64, "seed": 1234, "image_size": 224, "reading_size": None, **config.synthetic}
@@ -44,6 +42,8 @@ register(Benchmark(
     "synthetic", "Synthetic tasks", None, None,
     "Generated in memory from zamba2vl.train.synthetic; no file needed.", "synthetic",
     lambda c: SyntheticScore(), lambda s, c: s.question + (c.prompt_suffix or ""),
-    # The images are drawn at the size the model was trained at (multiples of 28): keep them as drawn, down to a
-    # 224x28 reading banner (6,272 pixels), which the default floor of 10 tokens would enlarge to another grid.
-    max_new_tokens=48, min_pixels=SYNTHETIC_MIN_PIXELS, load=load_synthetic))
+    # The images are drawn at the size the model was trained at (multiples of 28), so the floor is the model's own
+    # processor's (min_pixels None): a model trained on them as drawn keeps them so, down to a 224x28 reading banner
+    # (6,272 pixels; the usual floor of 10 tokens would enlarge it to another grid), and one trained with a higher
+    # floor (the train config's data.min_pixels, saved in its preprocessor_config.json) enlarges them as it did.
+    max_new_tokens=48, min_pixels=None, load=load_synthetic))

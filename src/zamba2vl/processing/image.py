@@ -62,7 +62,7 @@ def smart_resize(
     """
     if height < 1 or width < 1:
         raise ImageError(f"an image of {height}x{width} pixels has nothing to resize.")
-    _check_budget(factor, min_pixels, max_pixels)
+    check_budget(factor, min_pixels, max_pixels)
     ratio = max(height, width) / min(height, width)
     if max_ratio is not None and ratio > max_ratio:
         raise ImageError(
@@ -89,7 +89,7 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def _check_budget(factor: int, min_pixels: int, max_pixels: int) -> None:
+def check_budget(factor: int, min_pixels: int, max_pixels: int) -> None:
     if factor < 1:
         raise InputError(f"factor must be a positive number of pixels, got {factor}")
     if max_pixels < factor * factor:
@@ -134,7 +134,7 @@ class ImageProcessor:
             raise ConfigError(f"resample must be a PIL filter number {sorted(_RESAMPLE_FILTERS)}, got {self.resample}")
         self.resample = int(self.resample)
         try:
-            _check_budget(self.factor, self.min_pixels, self.max_pixels)
+            check_budget(self.factor, self.min_pixels, self.max_pixels)
         except InputError as e:
             raise ConfigError(f"bad image processor budget: {e}") from None
 

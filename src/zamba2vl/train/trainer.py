@@ -32,14 +32,15 @@ import numpy as np
 import torch
 import yaml
 
-from zamba2vl.errors import CheckpointError, ConfigError
+from zamba2vl.errors import CheckpointError, ConfigError, InputError
 from zamba2vl.ops.precision import cpu_has_native_gemm
 from zamba2vl.train import distributed
+from zamba2vl.processing.image import check_budget
 from zamba2vl.train.build import load_model, load_processor, token_facts
 from zamba2vl.train.checkpoints import (
     CheckpointWriter, checkpoint_folder, latest_checkpoint, load_model_weights, load_trainer_state, set_rng_state,
 )
-from zamba2vl.train.config import PARTS, TrainConfig
+from zamba2vl.train.config import PARTS, DataSection, TrainConfig
 from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
 from zamba2vl.train.evaluate import evaluate, held_out_examples
 from zamba2vl.train.loss import CausalLMLoss
@@ -75,6 +76,19 @@ def object_kinds(config: TrainConfig) -> int:
     """How many kinds the objects objective tells apart: the shapes x colours, and the letters when annotated
     (unless they go to letter slots instead)."""
     return len(KINDS) + (len(LETTERS) if config.objects.letters and not config.objects.letter_slots else 0)
+
+
+def adopt_pixel_budget(image_processor, data: DataSection) -> None:
+    """Make ``data.min_pixels`` / ``data.max_pixels`` the image processor's own budget, so that the checkpoints'
+    ``preprocessor_config.json``, evaluation during training and inference later resize images as training did
+    (a model trained on 224x28 banners enlarged to 336x56 must see them enlarged when it answers)."""
+    for name in ("min_pixels", "max_pixels"):
+        if getattr(data, name) is not None:
+            setattr(image_processor, name, int(getattr(data, name)))
+    try:
+        check_budget(image_processor.factor, image_processor.min_pixels, image_processor.max_pixels)
+    except InputError as e:
+        raise ConfigError(f"data.min_pixels / data.max_pixels: {e}") from None
 
 
 def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
@@ -144,6 +158,7 @@ class Trainer:
         # Cheap checks first: the tokenizer and every data file, before a (possibly large) model is loaded.
         image_token_index, vocab_size = token_facts(c.model)
         self.processor = load_processor(c.model, c.tokenizer, image_token_index, vocab_size)
+        adopt_pixel_budget(self.processor.image_processor, c.data)
         self.skips = SkipLog(stop=c.data.on_bad_record == "stop")
         self.mixture = build_mixture(c, self.processor, self.skips)
         self.index_skips = self.skips.count  # the same on every process: each indexes every file
