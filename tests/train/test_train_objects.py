@@ -369,6 +369,27 @@ def test_letter_slots_name_each_cells_letters_left_to_right():
         object_targets(annotation, (1, 2, 8), K)
 
 
+def test_a_words_letters_share_the_row_of_its_line():
+    # A 112x28 banner enlarged to two rows of 4 tokens (a floor of data.min_pixels): "b" (an ascender, centred at
+    # y 11: row 0 on its own) and "p" (a descender, centred at y 16: row 1 on its own) stand on one line, y 2-24,
+    # whose middle (13) is in row 0: both letters go there, in their columns, left to right, and so does the
+    # letters' order for spell.
+    b, p, c = (K + synthetic.LETTERS.index(ch) for ch in "bpc")
+    annotation = {"size": [112, 28], "kinds": [b, p, c],
+                  "boxes": [[1, 2, 9, 20], [16, 8, 24, 24], [36, 6, 44, 20]]}
+    t = object_targets(annotation, (1, 4, 8), K, letter_slots=3, letter_positions=4)
+    none = len(synthetic.LETTERS)
+    letters = [synthetic.LETTERS.index(ch) for ch in "bpc"]
+    assert t[:, K + 6:K + 9].tolist() == [[letters[0], letters[1], none], [letters[2], none, none]] + \
+        [[none] * 3] * 6
+    assert t[:, K + 9:K + 13].tolist() == [[letters[0], letters[1], none, none], [none, none, letters[2], none]] + \
+        [[none] * 4] * 6
+    # In one row of tokens nothing changes: the same letters, the same cells.
+    one_row = object_targets(annotation, (1, 2, 8), K, letter_slots=3)
+    assert one_row[:, K + 6:K + 9].tolist() == [[letters[0], letters[1], none], [letters[2], none, none],
+                                                [none] * 3, [none] * 3]
+
+
 def test_letter_slot_loss_is_the_cross_entropy_of_each_slot():
     torch.manual_seed(0)
     head = ObjectMap(hidden_size=16, n_kinds=K, box_weight=1.0, seed=2, kind_loss="softmax", letter_slots=2)

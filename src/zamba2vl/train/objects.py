@@ -118,11 +118,17 @@ def object_targets(annotation: Mapping[str, Any] | None, grid_thw, n_kinds: int,
     area: dict[int, float] = {}
     letters: dict[int, list[tuple[float, int]]] = {}  # cell -> [(centre x, letter)]
     spelt: list[tuple[int, int]] = []  # (cell, letter) in the word's order
+    # A word's letters share one row of cells: the row holding the middle of the line they stand on. In a banner
+    # enlarged to two rows of tokens (a floor of data.min_pixels) the letters' own centres sit near the boundary
+    # and would scatter between the rows with each glyph's height (ascenders, descenders, capitals).
+    line = [(y1, y2) for kind, (_, y1, _, y2) in zip(kinds, boxes) if kind >= n_kinds]
+    line_row = min(rows - 1, int((min(a for a, _ in line) + max(b for _, b in line)) * sy / 2)) if line else 0
     for j, (kind, (x1, y1, x2, y2)) in enumerate(zip(kinds, boxes)):
         box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
         r = min(rows - 1, int((box[1] + box[3]) / 2))
         c = min(cols - 1, int((box[0] + box[2]) / 2))
         if kind >= n_kinds:
+            r = line_row
             letters.setdefault(r * cols + c, []).append(((box[0] + box[2]) / 2, kind - n_kinds))
             spelt.append((r * cols + c, kind - n_kinds))
             continue
