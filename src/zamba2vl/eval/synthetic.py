@@ -14,7 +14,6 @@ from zamba2vl.eval.scorers.base import Graded, ScoreReport
 from zamba2vl.train import synthetic as tasks
 
 
-
 def load_synthetic(_: str, config: EvalConfig) -> list[EvalSample]:
     opts = {"rows": 64, "seed": 1234, "image_size": 224, "reading_size": None, **config.synthetic}
     samples = []

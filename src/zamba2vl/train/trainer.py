@@ -34,8 +34,8 @@ import yaml
 
 from zamba2vl.errors import CheckpointError, ConfigError, InputError
 from zamba2vl.ops.precision import cpu_has_native_gemm
-from zamba2vl.train import distributed
 from zamba2vl.processing.image import check_budget
+from zamba2vl.train import distributed
 from zamba2vl.train.build import load_model, load_processor, token_facts
 from zamba2vl.train.checkpoints import (
     CheckpointWriter, checkpoint_folder, latest_checkpoint, load_model_weights, load_trainer_state, set_rng_state,
