@@ -92,20 +92,21 @@ def adopt_pixel_budget(image_processor, data: DataSection) -> None:
 
 
 def build_mixture(config: TrainConfig, processor, skips: SkipLog) -> Mixture:
+    """The run's sampler over its sources. Images are sized by ``processor``'s own budget, which carries
+    ``data.min_pixels`` / ``data.max_pixels`` once ``adopt_pixel_budget`` has run."""
     d = config.data
     sources = []
     for s in d.sources:
         if s.type == "jsonl":
             sources.append(JsonlSource(s.path, name=s.name, image_root=s.image_root,
                                        image_processor=processor.image_processor, max_image_tokens=d.max_image_tokens,
-                                       min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                                        validate_images=d.validate_images, skips=skips, progress=d.progress))
         else:
             sources.append(SyntheticSource(name=s.name, tasks=s.tasks, task_weights=s.task_weights, seed=s.seed,
                                            image_size=s.image_size, curriculum=s.curriculum,
                                            grounding_format=s.grounding_format, reading_size=s.reading_size,
                                            letters=config.objects.weight > 0 and config.objects.letters))
-    encoder = ConversationEncoder(processor, max_length=d.max_length, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+    encoder = ConversationEncoder(processor, max_length=d.max_length,
                                   object_kinds=object_kinds(config) if config.objects.weight > 0 else None,
                                   letter_slots=config.objects.letter_slots,
                                   letter_positions=config.spell.positions if config.spell.weight > 0 else 0)
