@@ -66,3 +66,22 @@ def causal_conv1d_step(
     if bias is not None:
         y = y + bias.to(x.dtype)
     return y
+
+
+def causal_conv1d_segments(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, segments: torch.Tensor
+) -> torch.Tensor:
+    """Causal depthwise conv of x [b, L, c] where the row holds several sequences: ``segments`` [b, L] (integer
+    ids, a sequence's tokens contiguous) keeps each output from reading inputs of another sequence, so each runs
+    as if it were alone (zero history). As K shifted multiply-adds in x's dtype (training packs short samples; the
+    short conv is a small part of its time). Returns [b, L, c] without activation."""
+    b, L, c = x.shape
+    K = weight.shape[-1]
+    xp = F.pad(x, (0, 0, K - 1, 0))
+    sp = F.pad(segments, (K - 1, 0), value=-1)
+    w = weight.to(x.dtype)
+    y = x.new_zeros(b, L, c) if bias is None else bias.to(x.dtype).expand(b, L, c)
+    for j in range(K):  # tap j reads the input K - 1 - j steps back
+        same = (sp[:, j : j + L] == segments)[..., None].to(x.dtype)
+        y = y + xp[:, j : j + L] * same * w[:, j]
+    return y

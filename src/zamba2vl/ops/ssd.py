@@ -10,7 +10,9 @@ Shapes used throughout:
     B, C [b, L, g, n]  with head i reading group i // (h // g)
     state [b, h, p, n] (float32)
 
-``ssd_sequential`` is the obviously-correct loop (the test oracle). ``ssd_chunked`` computes the same thing as
+``resets`` [b, L] (bool, optional) marks tokens that start a new sequence: the state is zeroed before such a token
+is added (its decay is 0), so several sequences packed into one row run as if each were alone (training packs short
+samples this way). ``ssd_sequential`` is the obviously-correct loop (the test oracle). ``ssd_chunked`` computes the same thing as
 batched matrix products over chunks of ``chunk_size`` tokens (the "SSD minimal" formulation), tile by tile: within
 a tile the state entering each chunk comes from one exact [chunks x chunks] decay product, and each tile starts
 from the previous tile's final state, so the result does not depend on the chunk or tile size (the reference's
@@ -38,6 +40,7 @@ def ssd_sequential(
     C: torch.Tensor,
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token recurrence in float32. Returns (y [b, L, h, p] float32, final state [b, h, p, n])."""
     b, L, h, p = x.shape
@@ -51,6 +54,8 @@ def ssd_sequential(
     ys = []
     for t in range(L):
         decay = torch.exp(dt[:, t] * A)  # [b, h]
+        if resets is not None:
+            decay = decay * (~resets[:, t].bool()).float()[:, None]
         S = decay[:, :, None, None] * S + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
         y = torch.einsum("bhpn,bhn->bhp", S, Ch[:, t])
         if D is not None:
@@ -77,6 +82,7 @@ def ssd_chunked(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
     compute_dtype: torch.dtype | None = None,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD scan as batched matmuls ("SSD minimal"), tile by tile.
 
@@ -102,7 +108,7 @@ def ssd_chunked(
     for t0 in range(0, L, T):
         t1 = min(L, t0 + T)
         yt, S = _ssd_tile(x[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], Df, S, Q, cdt,
-                          None if grad else y[:, t0:t1])
+                          None if grad else y[:, t0:t1], None if resets is None else resets[:, t0:t1])
         ys.append(yt)
     if grad:
         y = torch.cat(ys, dim=1) if ys else x.new_zeros(b, 0, h, p)
@@ -114,8 +120,14 @@ def ssd_chunked(
 # (up to 25x slower than normal results), which strongly decaying heads would hit on most of each chunk.
 _EXP_CLAMP = 60.0
 
+# A reset (the first token of a packed sequence) adds -_RESET to that token's log decay: every decay across it then
+# has an exponent below -_EXP_CLAMP, i.e. is e^-60 ~ 1e-26 (zero next to any fp32 term), with no gradient through
+# the clamp, as for an exact zero. The exponents are summed in float64, where the offset costs no precision to the
+# decays within a sequence.
+_RESET = 1000.0
 
-def _ssd_tile(x, dt, A, B, C, Df, S0, Q, cdt, out):
+
+def _ssd_tile(x, dt, A, B, C, Df, S0, Q, cdt, out, resets=None):
     """One tile of ``ssd_chunked``. Returns (y [b, T, h, p], state after the tile).
 
     With ``out`` given, y is written into it and intermediates are updated in place (no autograd).
@@ -141,6 +153,8 @@ def _ssd_tile(x, dt, A, B, C, Df, S0, Q, cdt, out):
     # Within-chunk cumulative decay, summed in float64 and split into fp32 hi + lo parts: hi_q - hi_s is exact for
     # nearby positions, so the decay between them is as accurate as a direct sum over the segment would give it.
     dA = dtf.double() * A.double()  # [b, c*Q, h]
+    if resets is not None:
+        dA = dA - _RESET * F.pad(resets.double(), (0, pad))[..., None]
     Acum64 = dA.view(b, c, Q, h).permute(0, 3, 1, 2).cumsum(-1)  # [b, h, c, Q]
     if inplace and (Acum64[..., 0] - Acum64[..., -1]).max().item() <= FACTORED_RANGE:
         return _ssd_tile_factored(x, dtf, Acum64, B, C, Df, S0, Q, cdt, out)

@@ -8,7 +8,7 @@ from torch import nn
 
 from zamba2vl.cache import HybridCache
 from zamba2vl.config import Zamba2TextConfig
-from zamba2vl.ops.conv import causal_conv1d, causal_conv1d_step
+from zamba2vl.ops.conv import causal_conv1d, causal_conv1d_segments, causal_conv1d_step
 from zamba2vl.ops.norms import RMSNorm, gated_rms_norm
 from zamba2vl.ops.precision import linear_module as _linear
 from zamba2vl.ops.ssd import ssd_chunked, ssd_step
@@ -49,15 +49,22 @@ class Mamba2Mixer(nn.Module):
         return dt
 
     def forward(
-        self, u: torch.Tensor, cache: HybridCache | None = None, mask: torch.Tensor | None = None
+        self, u: torch.Tensor, cache: HybridCache | None = None, mask: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """u [b, L, h] -> [b, L, h]. ``mask`` [b, L] (1 = real token) keeps padding out of the conv and the scan.
+        ``segments`` [b, L] (integer ids, each sequence's tokens contiguous; training's packed rows, no cache) runs
+        each sequence of a row as if it were alone: the conv does not read across them and the state restarts.
 
         Long inputs run in tiles of ``prefill_tile`` tokens that pass the conv and SSM states on, exactly as
         successive cached calls would: every temporary then stays a few MB (reused by the allocator instead of
         page-faulted afresh, and closer to the cache) whatever the prompt length.
         """
         b, L, _ = u.shape
+        if segments is not None:
+            if cache is not None:
+                raise ValueError("packed sequences (segments) run without a cache")
+            return self._forward_tile(u, mask, None, None, segments)[0]
         if cache is not None and L == 1 and cache.length > 0:
             return self._step(u, cache)
         cached = cache is not None and cache.length > 0
@@ -78,13 +85,18 @@ class Mamba2Mixer(nn.Module):
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
         return out
 
-    def _forward_tile(self, u, mask, conv_state, ssm_state):
+    def _forward_tile(self, u, mask, conv_state, ssm_state, segments=None):
         b, L, _ = u.shape
         if mask is not None:
             u = u * mask[..., None].to(u.dtype)
         proj = _linear(u, self.in_proj)
         z, xBC, dt = proj.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC, conv_state = causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
+        resets = None
+        if segments is None:
+            xBC, conv_state = causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
+        else:
+            xBC = causal_conv1d_segments(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, segments)
+            resets = F.pad(segments[:, 1:] != segments[:, :-1], (1, 0), value=True)
         xBC = F.silu(xBC, inplace=not xBC.requires_grad)  # xBC is the conv's own output
         dt = self._dt(dt)
         if mask is not None:
@@ -96,7 +108,7 @@ class Mamba2Mixer(nn.Module):
         y, ssm_state = ssd_chunked(
             x.reshape(b, L, self.n_heads, self.head_dim), dt, A,
             B.reshape(b, L, self.n_groups, self.d_state), C.reshape(b, L, self.n_groups, self.d_state),
-            D=self.D, initial_state=ssm_state, chunk_size=self.scan_chunk_size,
+            D=self.D, initial_state=ssm_state, chunk_size=self.scan_chunk_size, resets=resets,
         )
         y = gated_rms_norm(y.reshape(b, L, self.d_inner), z, self.norm.weight, self.n_groups, self.norm_weight_eps)
         return _linear(y.to(u.dtype), self.out_proj), conv_state, ssm_state
@@ -132,6 +144,6 @@ class MambaLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mamba = Mamba2Mixer(config, layer_idx)
 
-    def forward(self, x, cache=None, mask=None, injected=None):
+    def forward(self, x, cache=None, mask=None, injected=None, segments=None):
         u = x if injected is None else x + injected
-        return x + self.mamba(self.input_layernorm(u), cache, mask)
+        return x + self.mamba(self.input_layernorm(u), cache, mask, segments)

@@ -41,9 +41,9 @@ class HybridLayer(nn.Module):
         self.linear = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.mamba_decoder = MambaLayer(config, layer_idx)
 
-    def forward(self, x, original, block, rope, attn_mask, cache, mamba_mask):
+    def forward(self, x, original, block, rope, attn_mask, cache, mamba_mask, segments=None):
         t = block(x, original, self.slot, self.layer_idx, rope, attn_mask, cache)
-        return self.mamba_decoder(x, cache, mamba_mask, injected=linear_module(t, self.linear))
+        return self.mamba_decoder(x, cache, mamba_mask, injected=linear_module(t, self.linear), segments=segments)
 
 
 class Zamba2Model(nn.Module):
@@ -59,9 +59,17 @@ class Zamba2Model(nn.Module):
         self.final_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False
 
-    def forward(self, inputs_embeds, cache, new_mask, positions):
+    def forward(self, inputs_embeds, cache, new_mask, positions, segments=None):
+        """``segments`` [b, L] (integer ids; training's packed rows: each row several samples one after another,
+        each sample's tokens contiguous) makes every sample of a row run as if it were alone: attention stays within
+        a sample, the Mamba layers' conv and state restart at each sample's first token. ``positions`` then count
+        from 0 in each sample (rotary). No cache and no padding mask with it: padding is a segment of its own."""
         b, L, _ = inputs_embeds.shape
         c = self.config
+        if segments is not None:
+            if cache is not None or new_mask is not None:
+                raise ValueError("packed sequences (segments) run without a cache or a padding mask")
+            return self._forward_packed(inputs_embeds, positions, segments)
         past = cache.length if cache is not None else 0
         if cache is not None:
             cache.reserve(L)
@@ -93,6 +101,25 @@ class Zamba2Model(nn.Module):
         if cache is not None:
             cache.length = past + L
             cache.positions += L if new_mask is None else new_mask.sum(1)
+        return self.final_layernorm(x)
+
+    def _forward_packed(self, inputs_embeds, positions, segments):
+        c = self.config
+        L = inputs_embeds.shape[1]
+        idx = torch.arange(L, device=inputs_embeds.device)
+        causal = idx[None, :] <= idx[:, None]  # [q, k]
+        attn_mask = (causal[None] & (segments[:, :, None] == segments[:, None, :]))[:, None]  # [b, 1, L, L]
+        rope = rope_cos_sin(positions, c.attention_head_dim, c.rope_theta, inputs_embeds.dtype) if c.use_mem_rope else None
+        x = original = inputs_embeds
+        for layer in self.layers:
+            if isinstance(layer, HybridLayer):
+                args = (x, original, self.blocks[layer.block_id], rope, attn_mask, None, None, segments)
+            else:
+                args = (x, None, None, None, segments)
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x = layer(*args)
         return self.final_layernorm(x)
 
 

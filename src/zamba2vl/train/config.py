@@ -135,6 +135,10 @@ class DataSection:
     # order either way). Off by default: on 2 cores it slowed the nano recipe's steps (stage 2 0.74 -> 0.85 s, stage 1
     # 0.78 -> 1.31 s; session 19), the thread competing with torch's two for the CPU and the GIL.
     prefetch: bool = False
+    # Pack several samples into each row of a micro-batch (train.encode.pack), each running as if it were alone
+    # (attention within its sample, the Mamba layers' state restarting at its first token), instead of one sample
+    # per row padded to the longest: the same losses and gradients up to fp32 rounding, with less padding to compute.
+    pack: bool = False
 
 
 @dataclass

@@ -152,11 +152,15 @@ class Batch:
     image_grid_thw: torch.Tensor | None
     num_loss_tokens: int
     objects: torch.Tensor | None = None  # [merged image tokens, n_kinds + 7], the images' order
+    # Packed rows (``pack``): each token's sample, numbered in the rows' order (-1 on padding), and each sample's
+    # labelled tokens. None for one sample per row (``collate``).
+    segments: torch.Tensor | None = None  # [b, L] int64
+    sample_loss_tokens: torch.Tensor | None = None  # [samples] int64
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.labels), move(self.pixel_values), move(self.image_grid_thw),
-                     self.num_loss_tokens, move(self.objects))
+                     self.num_loss_tokens, move(self.objects), move(self.segments), self.sample_loss_tokens)
 
 
 def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
@@ -175,3 +179,65 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
         raise ValueError("collate: some examples with images carry object targets and others do not")
     return Batch(ids, labels, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None,
                  sum(e.num_loss_tokens for e in examples), torch.cat(objects) if objects else None)
+
+
+# Row lengths ``pack`` may choose from (besides the longest sample's): longer rows hold more samples but cost more
+# attention per token and leave longer padded tails.
+PACK_ROW_LENGTHS = (64, 96, 128, 160, 192, 256)
+
+
+def pack_rows(lengths: Sequence[int], row_lengths: Sequence[int] = PACK_ROW_LENGTHS) -> tuple[int, list[list[int]]]:
+    """Arrange samples of these lengths into rows: first-fit, longest first, into rows of the length (from
+    ``row_lengths`` and the longest sample) that leaves the fewest row x length slots; ties go to the shorter rows.
+    Returns (row length, rows as lists of sample indices)."""
+    if not lengths:
+        raise ValueError("pack_rows: no samples")
+    longest = max(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    best = None
+    for R in sorted({longest, *(r for r in row_lengths if r > longest)}):
+        rows: list[list[int]] = []
+        free: list[int] = []
+        for i in order:
+            for r, room in enumerate(free):
+                if lengths[i] <= room:
+                    rows[r].append(i)
+                    free[r] -= lengths[i]
+                    break
+            else:
+                rows.append([i])
+                free.append(R - lengths[i])
+        if best is None or len(rows) * R < best[0] * best[1]:
+            best = (len(rows), R, rows)
+    return best[1], best[2]
+
+
+def pack(examples: Sequence[Example], pad_token_id: int = 0,
+         row_lengths: Sequence[int] = PACK_ROW_LENGTHS) -> Batch:
+    """Several samples per row, one after another, right-padded (``pack_rows`` picks the arrangement).
+    ``segments`` tells the model where each sample starts, so each runs as if it were alone (the language model's
+    ``segments`` argument); each sample's first label is dropped (it would be predicted from the previous sample).
+    Images, their object targets and ``sample_loss_tokens`` follow the samples' order in the rows, row by row."""
+    R, rows = pack_rows([len(e.input_ids) for e in examples], row_lengths)
+    ids = torch.full((len(rows), R), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), R), IGNORE, dtype=torch.long)
+    segments = torch.full((len(rows), R), -1, dtype=torch.long)
+    ordered: list[Example] = []
+    for r, row in enumerate(rows):
+        t = 0
+        for i in row:
+            e = examples[i]
+            n = len(e.input_ids)
+            ids[r, t : t + n] = e.input_ids
+            labels[r, t + 1 : t + n] = e.labels[1:]
+            segments[r, t : t + n] = len(ordered)
+            ordered.append(e)
+            t += n
+    pixels = [e.pixel_values for e in ordered if e.pixel_values is not None]
+    grids = [e.image_grid_thw for e in ordered if e.image_grid_thw is not None]
+    objects = [e.objects for e in ordered if e.objects is not None]
+    if objects and len(objects) != len(pixels):
+        raise ValueError("pack: some examples with images carry object targets and others do not")
+    return Batch(ids, labels, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None,
+                 sum(e.num_loss_tokens for e in ordered), torch.cat(objects) if objects else None, segments,
+                 torch.tensor([e.num_loss_tokens for e in ordered], dtype=torch.long))

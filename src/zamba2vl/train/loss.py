@@ -69,12 +69,14 @@ class CausalLMLoss(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_grid_thw: torch.Tensor | None = None,
                 row_weights: torch.Tensor | None = None,
-                object_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                object_targets: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded input_ids and labels [b, L] (+ the batch's images) -> (summed loss, token count).
 
         ``row_weights`` [b] multiplies each sample's token losses (``optim.loss_per: sample`` passes 1 / the
         sample's labelled tokens, so every sample weighs the same whatever its answer's length; ``sqrt`` passes
-        1 / sqrt of them)."""
+        1 / sqrt of them); [b, L] gives each label its own weight (packed rows). ``segments`` [b, L] (train.encode
+        ``pack``: several samples per row) runs each sample as if it were alone, positions counting from its start."""
         vl = self.model
         lm = vl.language_model
         b, L = input_ids.shape
@@ -106,8 +108,13 @@ class CausalLMLoss(nn.Module):
         try:
             with self.autocast():
                 embeds = vl.embed_inputs(input_ids, pixel_values, image_grid_thw, features)  # [b, L, h]
-                positions = torch.arange(L, device=input_ids.device)[None].expand(b, L)
-                hidden = lm.model(embeds, None, None, positions)  # [b, L, h]; no mask: padding is at the end
+                idx = torch.arange(L, device=input_ids.device)[None].expand(b, L)
+                if segments is None:
+                    positions = idx
+                else:  # each token's distance from its sample's first token
+                    starts = F.pad(segments[:, 1:] != segments[:, :-1], (1, 0), value=True)
+                    positions = idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(1).values
+                hidden = lm.model(embeds, None, None, positions, segments=segments)  # [b, L, h]; padding at the end
                 logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
         finally:
             for hook in hooks:
@@ -116,7 +123,8 @@ class CausalLMLoss(nn.Module):
             loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
         else:
             per_token = F.cross_entropy(logits.float(), targets[keep], reduction="none")
-            weights = row_weights.to(per_token.dtype)[:, None].expand_as(keep)[keep]
+            w = row_weights.to(per_token.dtype)
+            weights = (w[:, 1:] if w.dim() == 2 else w[:, None].expand_as(keep))[keep]
             loss = (per_token * weights).sum()
         loss = self._add_auxiliary(loss, features, pixel_values, image_grid_thw, object_targets, recon, objects)
         for name, count, head, weight, layer in lm_heads:

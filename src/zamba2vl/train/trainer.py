@@ -41,7 +41,7 @@ from zamba2vl.train.checkpoints import (
     CheckpointWriter, checkpoint_folder, latest_checkpoint, load_model_weights, load_trainer_state, set_rng_state,
 )
 from zamba2vl.train.config import PARTS, DataSection, TrainConfig
-from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate
+from zamba2vl.train.encode import IGNORE, ConversationEncoder, collate, pack
 from zamba2vl.train.evaluate import evaluate, held_out_examples
 from zamba2vl.train.loss import CausalLMLoss
 from zamba2vl.train.mixture import Mixture
@@ -136,12 +136,18 @@ _LOSS_PER_POWER = {"sample": 1.0, "sqrt": 0.5}
 
 def _row_weights(batch, loss_per: str = "sample") -> tuple[torch.Tensor, float]:
     """Each sample's token weight, n ** -p for its n labelled tokens (0 for a sample without any), and the
-    batch's total weight, the sum of n ** (1 - p): 1 / n and the number of samples for ``sample``."""
-    n = (batch.labels[:, 1:] != IGNORE).sum(1).double()
+    batch's total weight, the sum of n ** (1 - p): 1 / n and the number of samples for ``sample``. For packed rows
+    the weights are per token, [b, L]."""
+    packed = batch.segments is not None
+    n = batch.sample_loss_tokens.double() if packed else (batch.labels[:, 1:] != IGNORE).sum(1).double()
     power = _LOSS_PER_POWER[loss_per]
     has = n > 0
     w = torch.where(has, n.clamp(min=1) ** -power, torch.zeros_like(n))
-    return w, float(torch.where(has, n.clamp(min=1) ** (1 - power), torch.zeros_like(n)).sum())  # exact counts
+    total = float(torch.where(has, n.clamp(min=1) ** (1 - power), torch.zeros_like(n)).sum())  # exact counts
+    if packed:  # per token: its sample's weight (0 on padding)
+        seg = batch.segments
+        w = torch.where(seg >= 0, w[seg.clamp(min=0)], torch.zeros((), dtype=w.dtype))
+    return w, total
 
 
 class Trainer:
@@ -311,7 +317,7 @@ class Trainer:
         micro_batches = self.mixture.next_step(self.config.batch.global_batch_size, d.rank, d.world, self.micro,
                                                more=self.step + 1 < self.config.optim.max_steps)
         pad = self.processor.tokenizer.pad_token_id or 0
-        batches = [collate(mb, pad) for mb in micro_batches]
+        batches = [(pack if self.config.data.pack else collate)(mb, pad) for mb in micro_batches]
         loss_per = self.config.optim.loss_per
         # The step's loss is the sum of (weighted) token losses over the global batch divided by the total
         # weight: labelled tokens by default; samples when each sample's tokens share a weight of 1; or, with
@@ -337,7 +343,8 @@ class Trainer:
             sync = contextlib.nullcontext() if last or d.world == 1 else self.wrapped.no_sync()
             with sync:
                 w = None if row_weights[i] is None else row_weights[i].to(d.device)
-                loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw, w, b.objects)
+                loss, _ = self.wrapped(b.input_ids, b.labels, b.pixel_values, b.image_grid_thw, w, b.objects,
+                                       b.segments)
                 (loss * scale).backward()
             loss_sum += loss.detach()
             if self.heads:
