@@ -123,3 +123,18 @@ def test_packed_rows_refuse_a_cache():
     with pytest.raises(ValueError, match="without a cache"):
         model.model(torch.zeros(1, 7, model.config.hidden_size), None, torch.ones(1, 7, dtype=torch.bool), pos,
                     segments=seg)
+
+
+def test_packed_rows_with_gradient_checkpointing_give_the_same_gradients():
+    model = Zamba2LM(Zamba2TextConfig.from_dict(tiny_text_dict("like_7b"))).train()
+    randomize_(model, 8)
+    seg, pos = segments_of(LENGTHS, 100)
+    ids = torch.randint(0, 128, (2, 100), generator=torch.Generator().manual_seed(4))
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.model.gradient_checkpointing = checkpointing
+        out = model.model(model.model.embed_tokens(ids), None, None, pos, segments=seg)
+        (out * (seg >= 0)[..., None]).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().max() > 0 and (grads[0] - grads[1]).abs().max().item() <= 1e-5 * grads[0].abs().max().item()
