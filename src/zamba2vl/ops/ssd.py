@@ -12,7 +12,9 @@ Shapes used throughout:
 
 ``resets`` [b, L] (bool, optional) marks tokens that start a new sequence: the state is zeroed before such a token
 is added (its decay is 0), so several sequences packed into one row run as if each were alone (training packs short
-samples this way). ``ssd_sequential`` is the obviously-correct loop (the test oracle). ``ssd_chunked`` computes the same thing as
+samples this way).
+
+``ssd_sequential`` is the obviously-correct loop (the test oracle). ``ssd_chunked`` computes the same thing as
 batched matrix products over chunks of ``chunk_size`` tokens (the "SSD minimal" formulation), tile by tile: within
 a tile the state entering each chunk comes from one exact [chunks x chunks] decay product, and each tile starts
 from the previous tile's final state, so the result does not depend on the chunk or tile size (the reference's

@@ -109,7 +109,9 @@ class Zamba2Model(nn.Module):
         idx = torch.arange(L, device=inputs_embeds.device)
         causal = idx[None, :] <= idx[:, None]  # [q, k]
         attn_mask = (causal[None] & (segments[:, :, None] == segments[:, None, :]))[:, None]  # [b, 1, L, L]
-        rope = rope_cos_sin(positions, c.attention_head_dim, c.rope_theta, inputs_embeds.dtype) if c.use_mem_rope else None
+        rope = None
+        if c.use_mem_rope:
+            rope = rope_cos_sin(positions, c.attention_head_dim, c.rope_theta, inputs_embeds.dtype)
         x = original = inputs_embeds
         for layer in self.layers:
             if isinstance(layer, HybridLayer):
