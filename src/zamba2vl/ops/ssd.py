@@ -29,6 +29,12 @@ import torch.nn.functional as F
 from zamba2vl.ops.precision import matmul_dtype
 
 
+def segment_starts(segments: torch.Tensor) -> torch.Tensor:
+    """[b, L] bool: where a token's segment id differs from the token before (and every row's first token): the
+    ``resets`` of packed sequences whose ids are ``segments`` [b, L]."""
+    return F.pad(segments[:, 1:] != segments[:, :-1], (1, 0), value=True)
+
+
 def _heads_per_group(h: int, g: int) -> int:
     assert h % g == 0, (h, g)
     return h // g

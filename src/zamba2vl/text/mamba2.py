@@ -11,7 +11,7 @@ from zamba2vl.config import Zamba2TextConfig
 from zamba2vl.ops.conv import causal_conv1d, causal_conv1d_segments, causal_conv1d_step
 from zamba2vl.ops.norms import RMSNorm, gated_rms_norm
 from zamba2vl.ops.precision import linear_module as _linear
-from zamba2vl.ops.ssd import ssd_chunked, ssd_step
+from zamba2vl.ops.ssd import segment_starts, ssd_chunked, ssd_step
 
 
 class Mamba2Mixer(nn.Module):
@@ -96,7 +96,7 @@ class Mamba2Mixer(nn.Module):
             xBC, conv_state = causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
         else:
             xBC = causal_conv1d_segments(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, segments)
-            resets = F.pad(segments[:, 1:] != segments[:, :-1], (1, 0), value=True)
+            resets = segment_starts(segments)
         xBC = F.silu(xBC, inplace=not xBC.requires_grad)  # xBC is the conv's own output
         dt = self._dt(dt)
         if mask is not None:

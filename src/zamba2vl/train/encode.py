@@ -172,13 +172,19 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
     for i, e in enumerate(examples):
         ids[i, : len(e.input_ids)] = e.input_ids
         labels[i, : len(e.labels)] = e.labels
+    pixels, grids, objects = _images(examples, "collate")
+    return Batch(ids, labels, pixels, grids, sum(e.num_loss_tokens for e in examples), objects)
+
+
+def _images(examples: Sequence[Example], who: str) -> tuple[torch.Tensor | None, ...]:
+    """The examples' (pixel_values, image_grid_thw, objects), each concatenated in the examples' order (None when
+    there are none)."""
     pixels = [e.pixel_values for e in examples if e.pixel_values is not None]
     grids = [e.image_grid_thw for e in examples if e.image_grid_thw is not None]
     objects = [e.objects for e in examples if e.objects is not None]
     if objects and len(objects) != len(pixels):
-        raise ValueError("collate: some examples with images carry object targets and others do not")
-    return Batch(ids, labels, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None,
-                 sum(e.num_loss_tokens for e in examples), torch.cat(objects) if objects else None)
+        raise ValueError(f"{who}: some examples with images carry object targets and others do not")
+    return tuple(torch.cat(t) if t else None for t in (pixels, grids, objects))
 
 
 # Row lengths ``pack`` may choose from (besides the longest sample's): longer rows hold more samples but cost more
@@ -233,11 +239,6 @@ def pack(examples: Sequence[Example], pad_token_id: int = 0,
             segments[r, t : t + n] = len(ordered)
             ordered.append(e)
             t += n
-    pixels = [e.pixel_values for e in ordered if e.pixel_values is not None]
-    grids = [e.image_grid_thw for e in ordered if e.image_grid_thw is not None]
-    objects = [e.objects for e in ordered if e.objects is not None]
-    if objects and len(objects) != len(pixels):
-        raise ValueError("pack: some examples with images carry object targets and others do not")
-    return Batch(ids, labels, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None,
-                 sum(e.num_loss_tokens for e in ordered), torch.cat(objects) if objects else None, segments,
-                 torch.tensor([e.num_loss_tokens for e in ordered], dtype=torch.long))
+    pixels, grids, objects = _images(ordered, "pack")
+    counts = torch.tensor([e.num_loss_tokens for e in ordered], dtype=torch.long)
+    return Batch(ids, labels, pixels, grids, int(counts.sum()), objects, segments, counts)

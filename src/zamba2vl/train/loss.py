@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zamba2vl.model import Zamba2VL
+from zamba2vl.ops.ssd import segment_starts
 from zamba2vl.train.encode import IGNORE
 
 
@@ -112,8 +113,8 @@ class CausalLMLoss(nn.Module):
                 if segments is None:
                     positions = idx
                 else:  # each token's distance from its sample's first token
-                    starts = F.pad(segments[:, 1:] != segments[:, :-1], (1, 0), value=True)
-                    positions = idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(1).values
+                    starts = torch.where(segment_starts(segments), idx, torch.zeros_like(idx))
+                    positions = idx - starts.cummax(1).values
                 hidden = lm.model(embeds, None, None, positions, segments=segments)  # [b, L, h]; padding at the end
                 logits = F.linear(hidden[:, :-1][keep], lm.output_weight)  # [n, V]
         finally:
