@@ -58,6 +58,39 @@ def test_encoded_ids_are_the_processor_ids_and_answers_are_labelled(proc):
     assert ex.num_loss_tokens == len(labelled)
 
 
+def test_encoded_images_are_the_processors_with_each_parts_own_budget(proc):
+    # The encoder tokenizes once and prepares the images itself (Processor.encode_images): ids, pixels and grids
+    # are what the processor gives for the same text and images, a part's own min_pixels included.
+    big = [dict(m) for m in CONVERSATION]
+    big[3] = {"role": "user", "content": [{"type": "text", "text": "And  this one?"},
+                                          {"type": "image", "image": RED, "min_pixels": 112 * 112}]}
+    ex = ConversationEncoder(proc)(big)
+    text, _ = assistant_spans(proc, big)
+    expected = proc([text], [RED, RED], image_budgets=[{}, {"min_pixels": 112 * 112}])
+    assert torch.equal(ex.input_ids, expected.input_ids[0])
+    assert torch.equal(ex.pixel_values, expected.pixel_values)
+    assert ex.image_grid_thw.tolist() == expected.image_grid_thw.tolist() == [[1, 4, 4], [1, 8, 8]]
+    assert ex.input_ids.tolist().count(IMAGE_TOKEN_ID) == 4 + 16
+
+
+def test_a_template_that_drops_image_placeholders_is_refused(proc):
+    default = proc.tokenizer.chat_template
+    proc.tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {% for p in m['content'] %}"
+                                    "{% if p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}\n"
+                                    "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    try:
+        with pytest.raises(InputError, match="2 image\\(s\\) but its rendered text has 0 image placeholder"):
+            ConversationEncoder(proc)(CONVERSATION)
+    finally:
+        proc.tokenizer.chat_template = default
+
+
+def test_a_sample_over_max_length_names_the_limit(proc):
+    ex = ConversationEncoder(proc)(CONVERSATION)
+    with pytest.raises(InputError, match=f"is {len(ex.input_ids)} tokens long .* over data.max_length=10"):
+        ConversationEncoder(proc, max_length=10)(CONVERSATION)
+
+
 def test_label_mask_takes_tokens_that_overlap_a_span():
     offsets = [(0, 0), (0, 3), (3, 5), (5, 9), (9, 9), (9, 12), (12, 13)]
     assert label_mask(offsets, [(4, 9), (12, 20)]) == [False, False, True, True, False, False, True]

@@ -135,6 +135,22 @@ class Processor:
             out.append(img)
         return out, sizes
 
+    def encode_images(
+        self,
+        images: Sequence[Any] | None,
+        *,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        image_budgets: Sequence[Mapping[str, int]] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[int, int]]]:
+        """The images alone, as ``__call__`` prepares them: (pixel_values, image_grid_thw, original (h, w) sizes);
+        (None, None, []) for no images."""
+        pil, sizes = self.prepare_images(list(images or []), image_budgets)
+        if not pil:
+            return None, None, sizes
+        batch = self.image_processor(pil, min_pixels=min_pixels, max_pixels=max_pixels)
+        return batch["pixel_values"], batch["image_grid_thw"], sizes
+
     # ------------------------------------------------------------------------------------------ main entry
     def __call__(
         self,
@@ -147,14 +163,11 @@ class Processor:
         image_budgets: Sequence[Mapping[str, int]] | None = None,
     ) -> ProcessedInputs:
         texts = [text] if isinstance(text, str) else list(text)
-        images = list(images or [])
-        pil, sizes = self.prepare_images(images, image_budgets)
-        pixel_values = grid = None
+        pixel_values, grid, sizes = self.encode_images(images, min_pixels=min_pixels, max_pixels=max_pixels,
+                                                       image_budgets=image_budgets)
         counts: list[int] = []
         resized: list[tuple[int, int]] = []
-        if pil:
-            batch = self.image_processor(pil, min_pixels=min_pixels, max_pixels=max_pixels)
-            pixel_values, grid = batch["pixel_values"], batch["image_grid_thw"]
+        if grid is not None:
             counts = self.tokens_per_image(grid)
             p = self.image_processor.patch_size
             resized = [(int(h) * p, int(w) * p) for _, h, w in grid.tolist()]

@@ -64,7 +64,7 @@ def assistant_spans(processor: Processor, messages: Sequence[Mapping[str, Any]])
         if message["role"] != "assistant":
             continue
         prompt = render(normalized[:k], True)
-        upto = render(normalized[: k + 1], False)
+        upto = text if k + 1 == len(normalized) else render(normalized[: k + 1], False)
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise InputError(
                 f"the chat template does not render message {k} as a continuation of the messages before it "
@@ -116,9 +116,15 @@ class ConversationEncoder:
             raise InputError("an image part carries no image (expected an 'image' path, data URL or PIL image)")
         budgets = [{k: int(p[k]) for k in ("min_pixels", "max_pixels") if p.get(k) is not None}
                    for p in image_parts(messages)]
-        inputs = processor([text], sources, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
-                           add_special_tokens=True, image_budgets=budgets)
-        counts = processor.tokens_per_image(inputs.image_grid_thw) if inputs.image_grid_thw is not None else []
+        # The images as the processor prepares them at inference; their placeholders are expanded here, from the
+        # one tokenization above (tests/train/test_train_encode.py checks the result against the processor's own).
+        pixel_values, grid, _ = processor.encode_images(sources, min_pixels=self.min_pixels,
+                                                        max_pixels=self.max_pixels, image_budgets=budgets)
+        counts = processor.tokens_per_image(grid) if grid is not None else []
+        placeholders = sum(tok == processor.image_token_id for tok in encoding.ids)
+        if placeholders != len(counts):
+            raise InputError(f"the conversation has {len(counts)} image(s) but its rendered text has {placeholders} "
+                             f"image placeholder(s) ({processor.image_token!r}); each image part needs one")
         ids, labels, image = [], [], 0
         for tok, labelled in zip(encoding.ids, mask):
             if tok == processor.image_token_id:
@@ -128,20 +134,19 @@ class ConversationEncoder:
             else:
                 ids.append(tok)
                 labels.append(tok if labelled else IGNORE)
-        input_ids = inputs.input_ids[0]
-        assert input_ids.tolist() == ids, "the processor expanded the prompt differently from the encoder"
-        if self.max_length is not None and len(ids) > self.max_length:
-            raise InputError(f"the sample is {len(ids)} tokens long (images: {sum(counts)}), over "
-                             f"data.max_length={self.max_length}; raise it or lower data.max_pixels")
+        for limit, name in ((self.max_length, "data.max_length"), (processor.max_length, "the processor's max_length")):
+            if limit is not None and len(ids) > limit:
+                raise InputError(f"the sample is {len(ids)} tokens long (images: {sum(counts)}), over {name}="
+                                 f"{limit}; raise it or lower data.max_pixels")
         objects = None
-        if self.object_kinds and inputs.image_grid_thw is not None:
+        if self.object_kinds and grid is not None:
             merge = processor.image_processor.merge_size
             objects = torch.cat([
-                object_targets(part.get("objects"), grid, self.object_kinds, processor.image_processor.patch_size,
+                object_targets(part.get("objects"), g, self.object_kinds, processor.image_processor.patch_size,
                                merge, self.letter_slots, letter_positions=self.letter_positions)
-                for part, grid in zip(image_parts(messages), inputs.image_grid_thw.tolist())])
-        return Example(input_ids, torch.tensor(labels, dtype=torch.long), inputs.pixel_values, inputs.image_grid_thw,
-                       objects)
+                for part, g in zip(image_parts(messages), grid.tolist())])
+        return Example(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), pixel_values,
+                       grid, objects)
 
 
 @dataclass
