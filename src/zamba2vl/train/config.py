@@ -155,6 +155,11 @@ class OptimSection:
     # token: mean over labelled tokens | sample: each sample weighs the same | sqrt: a sample of n labelled
     # tokens weighs sqrt(n), between the two ("square averaging", as in InternVL 2.5)
     loss_per: str = "token"
+    # An exponential moving average of the model's trained weights, updated after every optimizer step with the
+    # decay min(ema, (1 + step) / (10 + step)) (0: off). Checkpoints' model weights and the evaluations during
+    # training are the average; the weights being trained travel in trainer_state.pt, so a resumed run continues
+    # exactly. The training-only heads are not averaged.
+    ema: float = 0.0
 
 
 @dataclass
@@ -298,6 +303,8 @@ class TrainConfig:
             raise ConfigError(f"precision.autocast: {self.precision.autocast!r}; use bf16, none or auto")
         if self.optim.loss_per not in ("token", "sample", "sqrt"):
             raise ConfigError(f"optim.loss_per: {self.optim.loss_per!r}; use token, sample or sqrt")
+        if not 0 <= self.optim.ema < 1:
+            raise ConfigError(f"optim.ema: {self.optim.ema}; use 0 (off) or a decay below 1, e.g. 0.998")
         bad = set(self.optim.lr_scale) - set(PARTS)
         if bad:
             raise ConfigError(f"optim.lr_scale: unknown part(s) {sorted(bad)}; parts are {list(PARTS)}")

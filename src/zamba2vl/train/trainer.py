@@ -222,6 +222,9 @@ class Trainer:
         self.heads = {name: m for name, m in (("reconstruction", self.reconstruction), ("objects", self.objects),
                                               ("match", self.match), ("spell", self.spell)) if m is not None}
         self.params = [p for p in self.loss_model.parameters() if p.requires_grad]
+        # optim.ema: the average of the model's trained weights (by name), beside the weights being trained.
+        self.averaged = {n: p for n, p in self.model.named_parameters() if p.requires_grad} if c.optim.ema else {}
+        self.ema = {n: p.detach().clone() for n, p in self.averaged.items()}
         self.optimizer = make_optimizer(self.model, c.optim, self.heads or None)
         self.scheduler = make_scheduler(self.optimizer, c.optim)
 
@@ -279,6 +282,16 @@ class Trainer:
     def _load(self, folder: Path) -> None:
         state, rng = load_trainer_state(folder, self.dist.rank)
         load_model_weights(self.model, folder)
+        if bool(self.ema) != ("ema_trained" in state):
+            had = "with" if "ema_trained" in state else "without"
+            raise ConfigError(f"{folder} was written by a run {had} optim.ema, and this run's optim.ema is "
+                              f"{self.config.optim.ema}; resume with the run's own settings, or start a new run "
+                              "from the checkpoint with model.path")
+        if self.ema:  # the folder's model weights are the average; the trained ones are in its state
+            with torch.no_grad():
+                for n, p in self.averaged.items():
+                    self.ema[n].copy_(p)
+                    p.copy_(state["ema_trained"][n])
         for name, head in self.heads.items():
             if name not in state:
                 raise ConfigError(f"{folder}: the checkpoint has no {name} head but this run trains one "
@@ -364,6 +377,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self._update_ema()
         total = distributed.all_sum(loss_sum.double()[None], d).item()
         self.lazy_skips += int(new_skips)
         self.step += 1
@@ -454,6 +469,35 @@ class Trainer:
                   f"checkpoint {summary['checkpoint']}", file=sys.stderr, flush=True)
         return summary
 
+    # ------------------------------------------------------------------------------------------ averaged weights
+    def ema_decay(self, step: int) -> float:
+        """The decay of the update after optimizer step ``step`` (1-based): short memory at first."""
+        return min(self.config.optim.ema, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        weight = 1.0 - self.ema_decay(self.step + 1)  # self.step is this step's number - 1 until the caller counts it
+        for name, p in self.averaged.items():
+            self.ema[name].lerp_(p, weight)
+
+    @contextlib.contextmanager
+    def _averaged_weights(self):
+        """The model holds the averaged weights inside (nothing changes without optim.ema); yields the trained
+        weights, restored on the way out."""
+        if not self.ema:
+            yield {}
+            return
+        trained = {n: p.detach().clone() for n, p in self.averaged.items()}
+        with torch.no_grad():
+            for n, p in self.averaged.items():
+                p.copy_(self.ema[n])
+        try:
+            yield trained
+        finally:
+            with torch.no_grad():
+                for n, p in self.averaged.items():
+                    p.copy_(trained[n])
+
     # ------------------------------------------------------------------------------------------ side work
     def save(self) -> Path:
         d = self.dist
@@ -469,15 +513,19 @@ class Trainer:
                      "scheduler": self.scheduler.state_dict(), "data": self.mixture.state_dict(),
                      "lazy_skips": self.lazy_skips, "world": d.world, "config": config}
             state.update({name: head.state_dict() for name, head in self.heads.items()})
-            path = self.writer.commit(self.step, self.model, self.processor, state, config)
+            with self._averaged_weights() as trained:  # the folder's model is the average (optim.ema)
+                if trained:
+                    state["ema_trained"] = trained
+                path = self.writer.commit(self.step, self.model, self.processor, state, config)
         distributed.barrier(d)
         return path
 
     def run_eval(self) -> None:
         if self.dist.is_main and self.eval_examples:
             t0 = time.perf_counter()
-            result = evaluate(self.model, self.processor, self.eval_examples,
-                              max_new_tokens=self.config.eval.max_new_tokens)
+            with self._averaged_weights():
+                result = evaluate(self.model, self.processor, self.eval_examples,
+                                  max_new_tokens=self.config.eval.max_new_tokens)
             self.last_eval = result.accuracy
             row = {"step": self.step, "accuracy": result.accuracy, "eval_s": round(time.perf_counter() - t0, 2),
                    "samples": result.samples}
