@@ -34,22 +34,22 @@ test: $(STAMP) browser
 demo: $(STAMP)
 	$(VENV)/bin/zamba2vl demo
 
-# Retrain the shipped nano model: its three stages in turn (README, "The nano model"; about 2 h 12 min on 2 cores),
-# each resumed from its newest checkpoint if one exists (so a stopped `make nano` continues, and a finished stage is
-# not run again), then the last checkpoint without its training state into NANO_OUT. Evaluate that folder with
+# Retrain the shipped nano model: its two stages in turn (README, "The nano model"; about an hour on 2 cores), each
+# resumed from its newest checkpoint if one exists (so a stopped `make nano` continues, and a finished stage is not
+# run again), then the last checkpoint without its training state into NANO_OUT. Evaluate that folder with
 # `zamba2vl eval --model $(NANO_OUT) --bench synthetic --synthetic-rows 400`; copy it over src/zamba2vl/assets/nano
 # to ship it.
-NANO_STAGES := nano nano_letters nano_reading
+NANO_STAGES := two_stage_vision two_stage
 NANO_OUT    ?= runs/nano_model
 nano: $(STAMP)
 	for stage in $(NANO_STAGES); do \
 	  $(VENV)/bin/zamba2vl train --config configs/train/$$stage.yaml --resume || exit 1; \
 	done
 	rm -rf $(NANO_OUT) && mkdir -p $(NANO_OUT)
-	last=runs/nano_reading/checkpoints/$$(cat runs/nano_reading/checkpoints/latest) && \
+	last=runs/two_stage/checkpoints/$$(cat runs/two_stage/checkpoints/latest) && \
 	  cp $$last/* $(NANO_OUT)/ && rm -f $(NANO_OUT)/trainer_state.pt $(NANO_OUT)/rng-rank*.pt
-	cp runs/nano_reading/loss.jsonl $(NANO_OUT)/train_loss.jsonl
-	cp runs/nano_reading/loss.png $(NANO_OUT)/train_loss.png
+	cp runs/two_stage/loss.jsonl $(NANO_OUT)/train_loss.jsonl
+	cp runs/two_stage/loss.png $(NANO_OUT)/train_loss.png
 	@echo "nano model in $(NANO_OUT)"
 
 bench: $(STAMP)
