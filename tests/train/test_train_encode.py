@@ -79,7 +79,7 @@ def test_a_template_that_drops_image_placeholders_is_refused(proc):
                                     "{% if p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}\n"
                                     "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
     try:
-        with pytest.raises(InputError, match="2 image\\(s\\) but its rendered text has 0 image placeholder"):
+        with pytest.raises(InputError, match="2 images were given but the prompt has only 0 image placeholders"):
             ConversationEncoder(proc)(CONVERSATION)
     finally:
         proc.tokenizer.chat_template = default

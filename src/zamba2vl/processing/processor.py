@@ -151,6 +151,27 @@ class Processor:
         batch = self.image_processor(pil, min_pixels=min_pixels, max_pixels=max_pixels)
         return batch["pixel_values"], batch["image_grid_thw"], sizes
 
+    def check_placeholders(self, placeholders: int, images: int) -> None:
+        """Raise InputError unless the prompt's image placeholders and the images given pair up one to one."""
+        if placeholders > images:
+            raise InputError(
+                f"the prompt has more image placeholders ({self.image_token!r}) than images "
+                f"({images} given); pass one image per placeholder."
+            )
+        if placeholders < images:
+            raise InputError(
+                f"{images} images were given but the prompt has only {placeholders} image placeholders "
+                f"({self.image_token!r}); each image needs a placeholder in the text (the chat template adds one per image part)."
+            )
+
+    def check_length(self, tokens: int, index: int = 0) -> None:
+        """Raise InputError when prompt ``index``, ``tokens`` long with its images expanded, exceeds max_length."""
+        if self.max_length is not None and tokens > self.max_length:
+            raise InputError(
+                f"prompt {index} is {tokens} tokens long (images included), over the maximum of {self.max_length}. "
+                "Shorten the text, use fewer images, or lower max_pixels to give each image fewer tokens."
+            )
+
     # ------------------------------------------------------------------------------------------ main entry
     def __call__(
         self,
@@ -172,35 +193,21 @@ class Processor:
             p = self.image_processor.patch_size
             resized = [(int(h) * p, int(w) * p) for _, h, w in grid.tolist()]
 
+        encoded = [self.tokenizer.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        self.check_placeholders(sum(ids.count(self.image_token_id) for ids in encoded), len(counts))
         rows: list[list[int]] = []
         next_image = 0
-        for t in texts:
-            ids = self.tokenizer.encode(t, add_special_tokens=add_special_tokens)
+        for ids in encoded:
             row: list[int] = []
             for tok in ids:
                 if tok == self.image_token_id:
-                    if next_image >= len(counts):
-                        raise InputError(
-                            f"the prompt has more image placeholders ({self.image_token!r}) than images "
-                            f"({len(counts)} given); pass one image per placeholder."
-                        )
                     row.extend([tok] * counts[next_image])
                     next_image += 1
                 else:
                     row.append(tok)
             rows.append(row)
-        if next_image != len(counts):
-            raise InputError(
-                f"{len(counts)} images were given but the prompt has only {next_image} image placeholders "
-                f"({self.image_token!r}); each image needs a placeholder in the text (the chat template adds one per image part)."
-            )
-        if self.max_length is not None:
-            for i, r in enumerate(rows):
-                if len(r) > self.max_length:
-                    raise InputError(
-                        f"prompt {i} is {len(r)} tokens long (images included), over the maximum of {self.max_length}. "
-                        "Shorten the text, use fewer images, or lower max_pixels to give each image fewer tokens."
-                    )
+        for i, r in enumerate(rows):
+            self.check_length(len(r), i)
         return self._pad(rows, pixel_values, grid, sizes, resized)
 
     def _pad(self, rows, pixel_values, grid, sizes, resized) -> ProcessedInputs:

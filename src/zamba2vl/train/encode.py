@@ -121,10 +121,7 @@ class ConversationEncoder:
         pixel_values, grid, _ = processor.encode_images(sources, min_pixels=self.min_pixels,
                                                         max_pixels=self.max_pixels, image_budgets=budgets)
         counts = processor.tokens_per_image(grid) if grid is not None else []
-        placeholders = sum(tok == processor.image_token_id for tok in encoding.ids)
-        if placeholders != len(counts):
-            raise InputError(f"the conversation has {len(counts)} image(s) but its rendered text has {placeholders} "
-                             f"image placeholder(s) ({processor.image_token!r}); each image part needs one")
+        processor.check_placeholders(encoding.ids.count(processor.image_token_id), len(counts))
         ids, labels, image = [], [], 0
         for tok, labelled in zip(encoding.ids, mask):
             if tok == processor.image_token_id:
@@ -134,10 +131,10 @@ class ConversationEncoder:
             else:
                 ids.append(tok)
                 labels.append(tok if labelled else IGNORE)
-        for limit, name in ((self.max_length, "data.max_length"), (processor.max_length, "the processor's max_length")):
-            if limit is not None and len(ids) > limit:
-                raise InputError(f"the sample is {len(ids)} tokens long (images: {sum(counts)}), over {name}="
-                                 f"{limit}; raise it or lower data.max_pixels")
+        processor.check_length(len(ids))
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise InputError(f"the sample is {len(ids)} tokens long (images: {sum(counts)}), over "
+                             f"data.max_length={self.max_length}; raise it or lower data.max_pixels")
         objects = None
         if self.object_kinds and grid is not None:
             merge = processor.image_processor.merge_size
